@@ -1,0 +1,253 @@
+"""Settings: one TOML file, every key overridable from the environment.
+
+Lookup: ``--config PATH``, else ``$CREDSYNC_CONFIG``, else the platform's user config dir. A
+missing file means the defaults. Variables are ``CREDSYNC_<SECTION>__<KEY>`` (``CREDSYNC_SINKS``
+takes a JSON list). Everything is validated here, before any runtime object is built; problems
+come back as one ``ConfigError`` with one line per problem that names the source, the problem and
+the accepted form.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from agent import paths
+from agent.errors import ConfigError
+from agent.mkdirlock import OAUTH_REFRESH_STALE_S
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ENV_PREFIX = "CREDSYNC_"
+CLAUDE_TOKEN_URL = "https://platform.claude.com/v1/oauth/token"
+CLAUDE_CLIENT_ID = "9d1c250a-e61b-44d9-88ed-5944d1962f5e"
+CLAUDE_SCOPE = ("user:profile user:inference user:sessions:claude_code user:mcp_servers "
+                "user:file_upload user:plugins")
+# Attempts a refresh may make while it holds the locks; the lock invariant depends on it.
+ATTEMPTS_PER_LOCK = 2
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def _expand_path(value: Any) -> Any:
+    return paths.expand(value) if isinstance(value, (str, Path)) else value
+
+
+class AgentSection(Section):
+    state_dir: Path = Field(default_factory=paths.default_state_dir,
+                            description="a directory path (~ allowed)")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="one of debug, info, warning, error")
+    log_file: Path | None = Field(default_factory=paths.default_log_file,
+                                  description='a file path, or "" for no log file')
+    debounce_ms: int = Field(10, ge=0, le=5000, description="milliseconds, 0 to 5000")
+
+    _paths = field_validator("state_dir", mode="before")(_expand_path)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("log_file", mode="before")
+    @classmethod
+    def _log_file(cls, value: Any) -> Any:
+        return None if value in ("", None) else _expand_path(value)
+
+
+class ClaudeSection(Section):
+    config_dirs: list[Path] = Field(
+        default_factory=lambda: [paths.current_claude_config_dir()],
+        description='a list of directory paths, e.g. ["~/.claude", "~/work/.claude"]')
+    keychain: bool = Field(True, description="true or false")
+
+    @field_validator("config_dirs", mode="before")
+    @classmethod
+    def _dirs(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [value]
+        return [_expand_path(v) for v in value] if isinstance(value, list) else value
+
+    @field_validator("config_dirs")
+    @classmethod
+    def _unique(cls, value: list[Path]) -> list[Path]:
+        if not value:
+            raise ValueError("must name at least one config dir")
+        seen: list[Path] = []
+        for item in value:
+            if item not in seen:
+                seen.append(item)
+        return seen
+
+
+SinkFormat = Literal["claude", "access-token", "env", "json"]
+
+
+class SinkEntry(Section):
+    path: Path = Field(description="a file path (~ allowed)")
+    format: SinkFormat = Field("access-token",
+                               description="one of claude, access-token, env, json")
+    env_var: str = Field("CLAUDE_CODE_OAUTH_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                         description="a shell variable name")
+
+    _paths = field_validator("path", mode="before")(_expand_path)
+
+
+class RefreshSection(Section):
+    enabled: bool = Field(True, description="true or false")
+    at_fraction: float = Field(0.8, gt=0, lt=1, description="a number between 0 and 1")
+    jitter: float = Field(0.05, ge=0, le=0.2, description="a fraction of the lifetime, 0 to 0.2")
+    client_window_s: float = Field(300, ge=0, description="seconds, 0 or more")
+    margin_s: float = Field(60, ge=0, description="seconds, 0 or more")
+    nominal_lifetime_s: float = Field(8 * 3600, gt=0, description="seconds, more than 0")
+    token_url: str = Field(CLAUDE_TOKEN_URL, pattern=r"^https?://",
+                           description="an http(s) URL")
+    client_id: str = Field(CLAUDE_CLIENT_ID, min_length=1, description="a non-empty string")
+    client_secret: str | None = Field(None, description="a string (oauth2 style only)")
+    scope: str = Field(CLAUDE_SCOPE, description="space-separated scopes")
+    style: Literal["claude", "oauth2"] = Field("claude", description="claude or oauth2")
+    timeout_s: float = Field(
+        20, gt=0, lt=OAUTH_REFRESH_STALE_S / ATTEMPTS_PER_LOCK,
+        description=f"seconds, under {OAUTH_REFRESH_STALE_S / ATTEMPTS_PER_LOCK:g} "
+                    "(the CLI lock's stale time over the attempts per lock)")
+
+
+class NotifySection(Section):
+    desktop: bool = Field(True, description="true or false")
+    command: list[str] = Field(default_factory=list, description='an argv list, e.g. ["cmd"]')
+    webhook: str | None = Field(None, pattern=r"^https?://", description="an http(s) URL")
+    remind_every_h: float = Field(4, gt=0, description="hours, more than 0")
+    warn_before_days: float = Field(3, ge=0, description="days, 0 or more")
+    notify_on_restore: bool = Field(True, description="true or false")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore",
+        case_sensitive=False, validate_default=True)
+
+    agent: AgentSection = Field(default_factory=AgentSection)
+    claude: ClaudeSection = Field(default_factory=ClaudeSection)
+    sinks: list[SinkEntry] = Field(default_factory=list,
+                                   description="a list of [[sinks]] tables")
+    refresh: RefreshSection = Field(default_factory=RefreshSection)
+    notify: NotifySection = Field(default_factory=NotifySection)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = _TOML_FILE.get("path")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+
+# pydantic-settings builds sources from the class; the file chosen for this load is passed here.
+_TOML_FILE: dict[str, Path | None] = {"path": None}
+
+
+def config_path(explicit: Path | None, env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    if explicit is not None:
+        return paths.expand(explicit)
+    if env.get("CREDSYNC_CONFIG"):
+        return paths.expand(env["CREDSYNC_CONFIG"])
+    return paths.default_config_file()
+
+
+def _check_toml(path: Path) -> None:
+    try:
+        with open(path, "rb") as fh:
+            tomllib.load(fh)
+    except FileNotFoundError:
+        return
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: TOML syntax error: {exc}; fix the syntax at that line"]) \
+            from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot be read ({exc}); fix its permissions or encoding"]) \
+            from exc
+
+
+def _env_name(loc: tuple[Any, ...]) -> str | None:
+    """The environment variable that supplied the value at ``loc``, if one did."""
+    keys = [str(p) for p in loc if not isinstance(p, int)]
+    env = {k.upper(): k for k in os.environ}
+    for depth in range(len(keys), 0, -1):
+        name = ENV_PREFIX + "__".join(keys[:depth]).upper()
+        if name in env:
+            return env[name]
+    return None
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _accepted(loc: tuple[Any, ...]) -> str:
+    model: Any = Settings
+    description = None
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return description or "see config.example.toml"
+        info = fields[part]
+        description = info.description
+        annotation = info.annotation
+        args = getattr(annotation, "__args__", ())
+        model = next((a for a in (annotation, *args) if hasattr(a, "model_fields")), None)
+    return description or "see config.example.toml"
+
+
+def _describe(error: Mapping[str, Any], path: Path) -> str:
+    loc = tuple(error.get("loc", ()))
+    env_name = _env_name(loc)
+    source = f"environment variable {env_name}" if env_name else f"{path}: {_dotted(loc)}"
+    if error.get("type") == "extra_forbidden":
+        return f"{source}: unknown key; remove it or fix its spelling (see config.example.toml)"
+    shown = error.get("input")
+    got = "" if isinstance(shown, (dict, list)) else f" (got {shown!r})"
+    return f"{source}: {error.get('msg', 'invalid')}{got}; expected {_accepted(loc)}"
+
+
+def load_settings(explicit: Path | None = None) -> tuple[Settings, Path]:
+    """Load and validate; return the settings and the file they were looked up in."""
+    path = config_path(explicit)
+    if explicit is not None and not path.is_file():
+        raise ConfigError([f"{path}: no such config file; pass an existing file to --config"])
+    _check_toml(path)
+    _TOML_FILE["path"] = path if path.is_file() else None
+    try:
+        return Settings(), path
+    except ValidationError as exc:
+        raise ConfigError([_describe(e, path) for e in exc.errors(include_url=False)]) from exc
+    finally:
+        _TOML_FILE["path"] = None

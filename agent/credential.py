@@ -1,0 +1,169 @@
+"""The credential value and the parser of the Claude Code credential document.
+
+A ``Credential`` is the ``claudeAiOauth`` object of the CLI's document, frozen. Every key of that
+object is kept (``oauth``), so that a copy written elsewhere loses nothing the CLI stored. The
+secrets never appear in ``repr``; ``fingerprint`` is what logs and status show instead.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+OAUTH_KEY = "claudeAiOauth"
+MAX_DOCUMENT_BYTES = 1_000_000
+
+
+def fingerprint_of(secret: str) -> str:
+    """A short, stable, non-reversible name for a secret, safe to log."""
+    if not secret:
+        return "-"
+    return hashlib.sha256(secret.encode()).hexdigest()[:10]
+
+
+@dataclass(frozen=True)
+class Credential:
+    oauth: Mapping[str, Any] = field(repr=False)
+
+    def __post_init__(self) -> None:
+        # A read-only copy: a credential passed around must never change under anyone.
+        object.__setattr__(self, "oauth", MappingProxyType(dict(self.oauth)))
+
+    @classmethod
+    def build(
+        cls,
+        access_token: str,
+        refresh_token: str,
+        expires_at_ms: int,
+        **extra: Any,
+    ) -> Credential:
+        return cls({"accessToken": access_token, "refreshToken": refresh_token,
+                    "expiresAt": expires_at_ms, **extra})
+
+    @property
+    def access_token(self) -> str:
+        return str(self.oauth.get("accessToken", ""))
+
+    @property
+    def refresh_token(self) -> str:
+        return str(self.oauth.get("refreshToken", ""))
+
+    @property
+    def expires_at_ms(self) -> int:
+        value = self.oauth.get("expiresAt", 0)
+        return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
+
+    @property
+    def expires_at(self) -> float:
+        return self.expires_at_ms / 1000.0
+
+    @property
+    def refresh_token_expires_at(self) -> float | None:
+        value = self.oauth.get("refreshTokenExpiresAt")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return float(value) / 1000.0
+        return None
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint_of(self.access_token)
+
+    @property
+    def is_blank(self) -> bool:
+        return not self.access_token or not self.refresh_token or self.expires_at_ms <= 0
+
+    def same_tokens(self, other: Credential | None) -> bool:
+        return other is not None and dict(self.oauth) == dict(other.oauth)
+
+    def fresher_than(self, other: Credential | None) -> bool:
+        return other is None or self.expires_at_ms > other.expires_at_ms
+
+    def to_json_obj(self) -> dict[str, Any]:
+        return dict(self.oauth)
+
+    def __repr__(self) -> str:
+        return f"Credential(fp={self.fingerprint}, expires_at_ms={self.expires_at_ms})"
+
+
+class ReadState(str, enum.Enum):
+    VALID = "valid"
+    CLEARED = "cleared"  # the CLI's cleared form: empty tokens, expiresAt 0
+    LOGGED_OUT = "logged-out"  # the document is there, its claudeAiOauth entry is not
+    MISSING = "missing"  # nothing there at all
+    INVALID = "invalid"  # unparsable, wrong types, oversized
+    ERROR = "error"  # could not be read (I/O, keychain unavailable)
+
+
+@dataclass(frozen=True)
+class Reading:
+    state: ReadState
+    credential: Credential | None = None
+    detail: str = ""
+
+    @property
+    def valid(self) -> Credential | None:
+        return self.credential if self.state is ReadState.VALID else None
+
+    @property
+    def damaged(self) -> bool:
+        """Cleared or garbage: what the guardian repairs."""
+        return self.state in (ReadState.CLEARED, ReadState.INVALID)
+
+
+def _check_oauth(oauth: Any) -> str | None:
+    """Return a problem with the claudeAiOauth object, or None."""
+    if not isinstance(oauth, dict):
+        return f"{OAUTH_KEY} is {type(oauth).__name__}, expected an object"
+    for key in ("accessToken", "refreshToken"):
+        if key in oauth and not isinstance(oauth[key], str):
+            return f"{OAUTH_KEY}.{key} is {type(oauth[key]).__name__}, expected a string"
+    expires = oauth.get("expiresAt", 0)
+    if isinstance(expires, bool) or not isinstance(expires, (int, float)):
+        return f"{OAUTH_KEY}.expiresAt is {type(expires).__name__}, expected milliseconds"
+    return None
+
+
+def parse_document(raw: bytes) -> tuple[Reading, dict[str, Any] | None]:
+    """Parse a whole CLI credential document; return the reading and the document object."""
+    if len(raw) > MAX_DOCUMENT_BYTES:
+        return Reading(ReadState.INVALID, detail=f"over {MAX_DOCUMENT_BYTES} bytes"), None
+    if not raw.strip():
+        return Reading(ReadState.INVALID, detail="empty file"), None
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        return Reading(ReadState.INVALID, detail=f"not JSON ({type(exc).__name__})"), None
+    if not isinstance(doc, dict):
+        return Reading(ReadState.INVALID, detail="top level is not an object"), None
+    return reading_from_document(doc), doc
+
+
+def reading_from_document(doc: Mapping[str, Any]) -> Reading:
+    if OAUTH_KEY not in doc:
+        return Reading(ReadState.LOGGED_OUT, detail=f"no {OAUTH_KEY} entry")
+    oauth = doc[OAUTH_KEY]
+    problem = _check_oauth(oauth)
+    if problem:
+        return Reading(ReadState.INVALID, detail=problem)
+    cred = Credential(oauth)
+    if cred.is_blank:
+        return Reading(ReadState.CLEARED, cred, detail="cleared (empty tokens or expiresAt 0)")
+    return Reading(ReadState.VALID, cred)
+
+
+def merged_document(existing: Mapping[str, Any] | None, cred: Credential) -> dict[str, Any]:
+    """The document to write: every key of ``existing`` kept, only claudeAiOauth replaced."""
+    doc = dict(existing or {})
+    doc[OAUTH_KEY] = cred.to_json_obj()
+    return doc
+
+
+def freshest(candidates: list[Credential]) -> Credential | None:
+    """The valid credential with the latest expiry; blank ones never win."""
+    usable = [c for c in candidates if not c.is_blank]
+    return max(usable, key=lambda c: c.expires_at_ms, default=None)

@@ -1,0 +1,66 @@
+"""One exception tree for credsync.
+
+    CredsyncError
+    ├── ConfigError          bad configuration file or environment variable
+    ├── StoreError           a credential store could not be read or written
+    │   └── KeychainUnavailable   no usable OS keychain, locked, or timed out
+    ├── LockError            a lock could not be taken within its deadline
+    ├── RefreshError         the token endpoint did not give a new credential
+    │   ├── TransientRefreshError  network, timeout, 5xx, 429: retry later
+    │   └── InvalidGrantError      the refresh token was rejected: terminal for it
+    ├── ReloginRequired      no valid login is left anywhere: the user must log in
+    └── AgentAlreadyRunning  another agent holds this state dir
+
+Foreign exceptions are mapped at the boundary with ``raise ... from``. Messages never hold a
+token; they name what failed and, where there is one, what to do.
+"""
+
+from __future__ import annotations
+
+
+class CredsyncError(Exception):
+    """Base of every error credsync raises on purpose."""
+
+
+class ConfigError(CredsyncError):
+    """Configuration is invalid; ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class StoreError(CredsyncError):
+    pass
+
+
+class KeychainUnavailable(StoreError):
+    pass
+
+
+class LockError(CredsyncError):
+    pass
+
+
+class RefreshError(CredsyncError):
+    pass
+
+
+class TransientRefreshError(RefreshError):
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class InvalidGrantError(RefreshError):
+    pass
+
+
+class ReloginRequired(CredsyncError):
+    pass
+
+
+class AgentAlreadyRunning(CredsyncError):
+    def __init__(self, message: str, pid: int | None) -> None:
+        super().__init__(message)
+        self.pid = pid

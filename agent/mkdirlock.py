@@ -1,0 +1,132 @@
+"""The Claude Code CLI's lock, taken exactly as the CLI takes it (proper-lockfile style).
+
+The lock is the directory ``<path>``, created with mkdir (atomic). The holder refreshes its mtime
+every ``update_s``; a contender treats it as stale only when its mtime is older than ``stale_s``,
+removes it and tries again. Release is rmdir. Because the CLI and credsync agree on this, a
+credsync refresh excludes every CLI session in the same config dir, and the reverse.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from agent.errors import LockError
+
+STORAGE_WRITE_STALE_S = 15.0
+OAUTH_REFRESH_STALE_S = 60.0
+OAUTH_REFRESH_UPDATE_S = 5.0
+
+
+class MkdirLock:
+    def __init__(
+        self,
+        path: Path,
+        stale_s: float,
+        update_s: float | None = None,
+        wall: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.path = path
+        self.stale_s = stale_s
+        self.update_s = update_s if update_s is not None else max(stale_s / 2, 0.1)
+        self._wall = wall
+        self._sleep = sleep
+        self._held = False
+        self._stop = threading.Event()
+        self._keeper: threading.Thread | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
+    def _try_mkdir(self) -> bool:
+        try:
+            os.mkdir(self.path, 0o700)
+        except FileExistsError:
+            return False
+        except FileNotFoundError as exc:
+            raise LockError(f"cannot lock {self.path}: its directory does not exist") from exc
+        except OSError as exc:
+            raise LockError(f"cannot lock {self.path}: {exc.strerror}") from exc
+        return True
+
+    def _age(self) -> float | None:
+        try:
+            return self._wall() - os.stat(self.path).st_mtime
+        except FileNotFoundError:
+            return None
+
+    def _remove_if_stale(self) -> None:
+        age = self._age()
+        if age is not None and age > self.stale_s:
+            # Another contender may take it over first; either way one of us wins the mkdir.
+            with contextlib.suppress(OSError):
+                os.rmdir(self.path)
+
+    def acquire(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self._try_mkdir():
+                self._held = True
+                self._start_keeper()
+                return
+            self._remove_if_stale()
+            if self._try_mkdir():
+                self._held = True
+                self._start_keeper()
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LockError(f"{self.path} is held by another process (waited {timeout_s:g} s)")
+            self._sleep(min(remaining, random.uniform(0.02, 0.1)))
+
+    def _start_keeper(self) -> None:
+        # The only thread a lock owns: it touches the mtime so others never see a live lock stale.
+        self._stop.clear()
+        self._keeper = threading.Thread(target=self._keep, name=f"lock:{self.path.name}",
+                                        daemon=True)
+        self._keeper.start()
+
+    def _keep(self) -> None:
+        while not self._stop.wait(self.update_s):
+            with contextlib.suppress(OSError):
+                os.utime(self.path)
+
+    def release(self) -> None:
+        if not self._held:
+            return
+        self._stop.set()
+        if self._keeper is not None:
+            self._keeper.join(timeout=2)
+        self._held = False
+        with contextlib.suppress(OSError):
+            os.rmdir(self.path)
+
+    @contextlib.contextmanager
+    def hold(self, timeout_s: float) -> Iterator[MkdirLock]:
+        self.acquire(timeout_s)
+        try:
+            yield self
+        finally:
+            self.release()
+
+
+def storage_write_lock(config_dir: Path) -> MkdirLock:
+    return MkdirLock(config_dir / ".storage-write.lock", stale_s=STORAGE_WRITE_STALE_S)
+
+
+def oauth_refresh_lock(config_dir: Path) -> MkdirLock:
+    return MkdirLock(config_dir / ".oauth_refresh.lock", stale_s=OAUTH_REFRESH_STALE_S,
+                     update_s=OAUTH_REFRESH_UPDATE_S)
+
+
+def legacy_refresh_lock(config_dir: Path) -> MkdirLock:
+    real = Path(os.path.realpath(config_dir))
+    return MkdirLock(real.parent / f"{real.name}.lock", stale_s=OAUTH_REFRESH_STALE_S,
+                     update_s=OAUTH_REFRESH_UPDATE_S)

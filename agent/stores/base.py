@@ -1,0 +1,31 @@
+"""The interface every credential store implements (checked by tests/test_store_contract.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from agent.credential import Credential, Reading
+
+
+class Store(Protocol):
+    name: str  # unique, stable, shown in status: "file:/home/u/.claude", "keychain", "sink:..."
+    kind: str  # "claude-file", "keychain" or "sink"
+    location: str  # path or keychain item, for status
+    is_source: bool  # may its credential win the freshness contest?
+
+    @property
+    def watch_path(self) -> Path | None:
+        """The file whose changes must be noticed, or None (keychains are polled)."""
+        ...
+
+    def read(self) -> Reading:
+        """What the store holds now. Raises nothing for a damaged store: the reading says so."""
+        ...
+
+    def write(self, cred: Credential) -> bool:
+        """Make the store hold ``cred``; False when it already did (nothing written).
+
+        Raises StoreError when it cannot, and for a blank credential (never written anywhere).
+        """
+        ...

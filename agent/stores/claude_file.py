@@ -1,0 +1,96 @@
+"""The Claude Code CLI's own credential file, ``<config dir>/.credentials.json``."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agent.credential import (
+    MAX_DOCUMENT_BYTES,
+    Credential,
+    Reading,
+    ReadState,
+    merged_document,
+    parse_document,
+)
+from agent.errors import LockError, StoreError
+from agent.fsutil import atomic_write, read_bytes, write_target
+from agent.mkdirlock import storage_write_lock
+
+FILE_NAME = ".credentials.json"
+# Another process may be half-way through an in-place write: re-read for this long while the
+# content keeps changing, and never act on a partial document.
+SETTLE_S = 0.25
+SETTLE_STEP_S = 0.02
+WRITE_LOCK_TIMEOUT_S = 3.0
+
+
+def require_writable(cred: Credential) -> None:
+    if cred.is_blank:
+        raise StoreError("refusing to write a blank credential")
+
+
+class ClaudeFileStore:
+    kind = "claude-file"
+    is_source = True
+
+    def __init__(self, config_dir: Path, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.config_dir = config_dir
+        self.path = config_dir / FILE_NAME
+        self.name = f"file:{config_dir}"
+        self.location = str(self.path)
+        self._sleep = sleep
+
+    @property
+    def watch_path(self) -> Path:
+        return self.path
+
+    def _read_once(self) -> tuple[bytes | None, Reading, dict[str, Any] | None]:
+        try:
+            raw = read_bytes(self.path, MAX_DOCUMENT_BYTES)
+        except StoreError as exc:
+            return None, Reading(ReadState.ERROR, detail=str(exc)), None
+        if raw is None:
+            return None, Reading(ReadState.MISSING, detail="no credentials file"), None
+        reading, doc = parse_document(raw)
+        return raw, reading, doc
+
+    def read_document(self) -> tuple[Reading, dict[str, Any] | None]:
+        raw, reading, doc = self._read_once()
+        waited = 0.0
+        while reading.state is ReadState.INVALID and waited < SETTLE_S:
+            self._sleep(SETTLE_STEP_S)
+            waited += SETTLE_STEP_S
+            again, reading, doc = self._read_once()
+            if again == raw and reading.state is ReadState.INVALID and waited >= 4 * SETTLE_STEP_S:
+                break  # the same bytes for a while: not a write in progress
+            raw = again
+        return reading, doc
+
+    def read(self) -> Reading:
+        return self.read_document()[0]
+
+    def write(self, cred: Credential) -> bool:
+        require_writable(cred)
+        if not self.config_dir.is_dir():
+            raise StoreError(f"config dir {self.config_dir} does not exist")
+        try:
+            with storage_write_lock(self.config_dir).hold(WRITE_LOCK_TIMEOUT_S):
+                return self._write_locked(cred)
+        except LockError as exc:
+            raise StoreError(f"cannot write {self.path}: {exc}") from exc
+
+    def _write_locked(self, cred: Credential) -> bool:
+        reading, doc = self.read_document()
+        current = reading.valid
+        if current is not None and (current.same_tokens(cred) or current.fresher_than(cred)):
+            # Same login, or someone wrote a fresher one since we decided: never go backwards.
+            return False
+        if reading.state is ReadState.INVALID:
+            doc = None  # garbage is replaced whole; there is nothing to keep
+        data = json.dumps(merged_document(doc, cred), indent=2).encode() + b"\n"
+        atomic_write(write_target(self.path), data)
+        return True
