@@ -142,12 +142,12 @@ class Settings(BaseSettings):
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore",
         case_sensitive=False, validate_default=True)
 
-    agent: AgentSection = Field(default_factory=AgentSection)
-    claude: ClaudeSection = Field(default_factory=ClaudeSection)
+    agent: AgentSection = Field(default_factory=lambda: AgentSection())
+    claude: ClaudeSection = Field(default_factory=lambda: ClaudeSection())
     sinks: list[SinkEntry] = Field(default_factory=list,
                                    description="a list of [[sinks]] tables")
-    refresh: RefreshSection = Field(default_factory=RefreshSection)
-    notify: NotifySection = Field(default_factory=NotifySection)
+    refresh: RefreshSection = Field(default_factory=lambda: RefreshSection())
+    notify: NotifySection = Field(default_factory=lambda: NotifySection())
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,249 @@
+"""The agent: one loop that owns every side effect.
+
+The watchdog thread and the signal handlers only put events on ``events``; the queue's timeout
+is the scheduler. Deadlines are wall-clock and re-checked at least every ``TICK_S``, because a
+monotonic clock stops while the machine sleeps.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from agent.clock import Clock
+from agent.credential import Credential, Reading, ReadState
+from agent.errors import StoreError
+from agent.fsutil import stat_signature
+from agent.reconcile import Plan, StoreMemory, plan_round
+from agent.state import StateDir
+from agent.stores.base import Store
+from agent.watcher import DirsChanged, FileChanged
+
+log = logging.getLogger("credsync.agent")
+
+TICK_S = 30.0  # wall-clock deadlines are re-checked at least this often
+AUDIT_S = 60.0  # a full round even without events: keychains are not watched
+GARBAGE_GRACE_S = 0.5  # unparsable content must stay unchanged this long before it is repaired
+
+
+@dataclass(frozen=True)
+class Stop:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Wake:
+    """Nothing happened; check deadlines (used by tests and by the refresh work)."""
+
+
+class WatcherLike(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def sync(self) -> bool: ...
+
+
+@dataclass
+class RoundReport:
+    winner: Credential | None
+    written: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    plan: Plan | None = None
+
+
+class Agent:
+    def __init__(
+        self,
+        stores: Sequence[Store],
+        state: StateDir,
+        clock: Clock,
+        events: queue.Queue[object],
+        watcher: WatcherLike | None = None,
+        debounce_s: float = 0.01,
+        on_round: Callable[[RoundReport], None] | None = None,
+    ) -> None:
+        self.stores = list(stores)
+        # Where removing the login is the user logging out: the CLI's own stores. credsync's own
+        # keychain item and the sinks are copies, refilled whenever they go missing.
+        self.logout_aware = {s.name for s in self.stores if s.kind == "claude-file"
+                             or getattr(s, "service", "").startswith("Claude Code-credentials")}
+        self.state = state
+        self.clock = clock
+        self.events = events
+        self.watcher = watcher
+        self.debounce_s = debounce_s
+        self.on_round = on_round
+        self.memory: dict[str, StoreMemory] = {}
+        self.rejected: set[str] = set()
+        self.readings: dict[str, Reading] = {}
+        self.own_writes: dict[Path, tuple[int, int, int] | None] = {}
+        self.garbage_since: dict[str, tuple[float, str]] = {}
+        self.rounds = 0
+        self.writes = 0
+        self.stopping: str | None = None
+        self._dirty = False
+        self._due: float | None = None
+        self._next_audit = 0.0
+        self._last_report: RoundReport | None = None
+
+    # ----- persistence -------------------------------------------------------------------
+    def load(self) -> None:
+        saved = self.state.load_json("agent.json")
+        mem = saved.get("stores", {})
+        if isinstance(mem, dict):
+            self.memory = {str(k): StoreMemory.from_json(v) for k, v in mem.items()
+                           if isinstance(v, dict)}
+        rejected = saved.get("rejected", [])
+        if isinstance(rejected, list):
+            self.rejected = {str(x) for x in rejected}
+
+    def save(self, extra: dict[str, object] | None = None) -> None:
+        obj: dict[str, object] = {
+            "stores": {k: v.to_json() for k, v in self.memory.items()},
+            "rejected": sorted(self.rejected)[-64:],
+            "readings": {n: {"state": r.state.value, "detail": r.detail}
+                         for n, r in self.readings.items()},
+            "updated_at": self.clock.now(),
+        }
+        obj.update(extra or {})
+        try:
+            self.state.save_json("agent.json", obj)
+        except StoreError as exc:
+            log.warning("cannot save state: %s", exc)
+
+    # ----- one round ---------------------------------------------------------------------
+    def read_all(self) -> dict[str, Reading]:
+        return {s.name: s.read() for s in self.stores}
+
+    def _settled(self, readings: dict[str, Reading], now: float) -> set[str]:
+        settled: set[str] = set()
+        for name, reading in readings.items():
+            if reading.state is not ReadState.INVALID:
+                self.garbage_since.pop(name, None)
+                continue
+            first, detail = self.garbage_since.setdefault(name, (now, reading.detail))
+            if now - first >= GARBAGE_GRACE_S:
+                settled.add(name)
+        return settled
+
+    def reconcile(self) -> RoundReport:
+        now = self.clock.now()
+        self.readings = readings = self.read_all()
+        sources = {s.name for s in self.stores if s.is_source}
+        settled = self._settled(readings, now)
+        plan = plan_round(readings, sources, self.memory, self.state.load_last_good(),
+                          self.rejected, now, settled, self.logout_aware)
+        report = RoundReport(plan.winner, plan=plan)
+        if plan.winner is not None:
+            self._apply(plan, plan.winner, report)
+        self.rounds += 1
+        self._next_audit = now + AUDIT_S
+        self._last_report = report
+        self.save()
+        if self.on_round:
+            self.on_round(report)
+        return report
+
+    def _apply(self, plan: Plan, winner: Credential, report: RoundReport) -> None:
+        if not winner.same_tokens(self.state.load_last_good()):
+            self.state.save_last_good(winner)
+        by_name = {s.name: s for s in self.stores}
+        for name in plan.writes:
+            store = by_name[name]
+            try:
+                changed = store.write(winner)
+            except StoreError as exc:
+                report.failed[name] = str(exc)
+                log.warning("%s: write failed: %s", name, exc)
+                continue
+            if store.watch_path is not None:
+                self.own_writes[store.watch_path] = stat_signature(store.watch_path)
+            # It holds a login now: its removal from here on is a logout, not a gap to fill.
+            self.memory[name].seen_valid = True
+            if changed:
+                self.writes += 1
+                report.written.append(name)
+                verb = "restored" if name in plan.restores else "updated"
+                log.info("%s: %s to %s (expires %s)", name, verb, winner.fingerprint,
+                         _iso(winner.expires_at))
+
+    # ----- the loop ----------------------------------------------------------------------
+    def _is_own_write(self, path: Path) -> bool:
+        expected = self.own_writes.get(path)
+        return expected is not None and stat_signature(path) == expected
+
+    def handle(self, event: object) -> None:
+        now = self.clock.now()
+        if isinstance(event, Stop):
+            self.stopping = event.reason
+        elif isinstance(event, FileChanged):
+            if not self._is_own_write(event.path):
+                self._mark_dirty(now)
+        elif isinstance(event, DirsChanged):
+            if self.watcher is not None:
+                self.watcher.sync()
+            self._mark_dirty(now)
+
+    def _mark_dirty(self, now: float) -> None:
+        if not self._dirty:
+            self._dirty = True
+            self._due = now + self.debounce_s
+
+    def next_timeout(self) -> float:
+        now = self.clock.now()
+        deadlines = [self._next_audit]
+        if self._due is not None:
+            deadlines.append(self._due)
+        if self.garbage_since:
+            deadlines.append(min(t for t, _ in self.garbage_since.values()) + GARBAGE_GRACE_S)
+        return max(0.0, min(min(deadlines) - now, TICK_S))
+
+    def due_work(self) -> None:
+        now = self.clock.now()
+        garbage_due = any(now - t >= GARBAGE_GRACE_S for t, _ in self.garbage_since.values())
+        if (self._dirty and self._due is not None and now >= self._due) or \
+                now >= self._next_audit or garbage_due:
+            self._dirty, self._due = False, None
+            if self.watcher is not None and self.watcher.sync():
+                log.debug("watches re-aimed")
+            self.reconcile()
+
+    def step(self, timeout: float | None = None) -> None:
+        """Wait for one event (or the next deadline), handle it, then do what is due."""
+        wait = self.next_timeout() if timeout is None else timeout
+        try:
+            event = self.events.get(timeout=wait) if wait > 0 else self.events.get_nowait()
+        except queue.Empty:
+            event = None
+        if event is not None:
+            self.handle(event)
+            # Drain what is already queued so that a burst costs one round.
+            while True:
+                try:
+                    self.handle(self.events.get_nowait())
+                except queue.Empty:
+                    break
+        if self.stopping is None:
+            self.due_work()
+
+    def run(self) -> str:
+        if self.watcher is not None:
+            self.watcher.start()
+        try:
+            self.reconcile()
+            while self.stopping is None:
+                self.step()
+        finally:
+            if self.watcher is not None:
+                self.watcher.stop()
+            self.save({"stopped_at": self.clock.now()})
+        return self.stopping or "stopped"
+
+
+def _iso(ts: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,76 @@
+"""Build the runtime objects from validated settings (config first, then objects)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agent.config import Settings
+from agent.errors import KeychainUnavailable
+from agent.state import StateDir
+from agent.stores.base import Store
+from agent.stores.claude_file import ClaudeFileStore
+from agent.stores.keychain import KeychainBackend, keychain_stores, system_backend
+from agent.stores.sink import SinkStore
+
+
+class LazyBackend:
+    """The system keychain, looked up again on each call until it is there.
+
+    A keychain that is not up yet when the agent starts (or that goes away and comes back) must
+    not be given up on: every call retries the lookup and fails with KeychainUnavailable.
+    """
+
+    def __init__(self, find: Callable[[], KeychainBackend] = system_backend) -> None:
+        self._find = find
+        self._backend: KeychainBackend | None = None
+
+    def _get(self) -> KeychainBackend:
+        if self._backend is None:
+            self._backend = self._find()
+        return self._backend
+
+    def _call(self, name: str, *args: Any) -> Any:
+        try:
+            return getattr(self._get(), name)(*args)
+        except KeychainUnavailable:
+            raise
+        except Exception:
+            self._backend = None  # look it up afresh next time (daemon restarted, bus moved)
+            raise
+
+    def get_password(self, service: str, username: str) -> str | None:
+        value = self._call("get_password", service, username)
+        return value if isinstance(value, str) else None
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        self._call("set_password", service, username, password)
+
+    def delete_password(self, service: str, username: str) -> None:
+        self._call("delete_password", service, username)
+
+
+def file_stores(settings: Settings) -> list[ClaudeFileStore]:
+    return [ClaudeFileStore(d) for d in settings.claude.config_dirs]
+
+
+def build_stores(settings: Settings, backend: KeychainBackend | None = None) -> list[Store]:
+    stores: list[Store] = list(file_stores(settings))
+    if settings.claude.keychain:
+        stores.extend(keychain_stores(settings.claude.config_dirs, backend or LazyBackend(),
+                                      platform=sys.platform))
+    stores.extend(SinkStore(s.path, s.format, s.env_var) for s in settings.sinks)
+    return stores
+
+
+def state_dir(settings: Settings) -> StateDir:
+    return StateDir(Path(settings.agent.state_dir))
+
+
+def close_stores(stores: list[Store]) -> None:
+    for store in stores:
+        close = getattr(store, "close", None)
+        if callable(close):
+            close()

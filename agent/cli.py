@@ -1,0 +1,131 @@
+"""The command line. Only this module prints or chooses exit codes.
+
+Exit codes: 0 success; 1 a runtime failure (message on stderr); 2 bad configuration or usage;
+3 a re-login is required.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
+
+import click
+
+from agent.errors import ConfigError, CredsyncError
+
+EXIT_FAILURE, EXIT_CONFIG, EXIT_RELOGIN = 1, 2, 3
+
+config_option = click.option(
+    "--config", "config_path", type=click.Path(path_type=Path), default=None,
+    help="Config file (default: $CREDSYNC_CONFIG, else the user config dir).")
+
+
+def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
+    click.echo(f"credsync: {message}", err=True)
+    sys.exit(code)
+
+
+@contextmanager
+def errors_to_exit() -> Iterator[None]:
+    """Map credsync's errors to one line and an exit code: never a traceback."""
+    from agent.errors import ReloginRequired
+
+    try:
+        yield
+    except ConfigError as exc:
+        for line in exc.problems:
+            click.echo(f"credsync: {line}", err=True)
+        sys.exit(EXIT_CONFIG)
+    except ReloginRequired as exc:
+        fail(str(exc), EXIT_RELOGIN)
+    except CredsyncError as exc:
+        fail(str(exc))
+
+
+def load(config_path: Path | None) -> tuple[Any, Path]:
+    from agent.config import load_settings
+
+    return load_settings(config_path)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="credsync")
+def main() -> None:
+    """Keep every copy of your Claude Code login fresh and in step."""
+
+
+@contextmanager
+def signals_to_queue(events: queue.Queue[object]) -> Iterator[None]:
+    """SIGTERM/SIGINT only enqueue a Stop; the loop ends itself. Old handlers are restored."""
+    from agent.agent import Stop
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        events.put(Stop(signal.Signals(signum).name))
+
+    old: dict[signal.Signals, Callable[[int, FrameType | None], Any] | int | None] = {}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        old[signum] = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, previous in old.items():
+            signal.signal(signum, previous)
+
+
+@main.command()
+@config_option
+def run(config_path: Path | None) -> None:
+    """Run the agent in the foreground (logs to stderr and the log file)."""
+    with errors_to_exit():
+        settings, path = load(config_path)
+        from agent.runtime import run_agent
+        from agent.logsetup import setup_logging
+
+        setup_logging(settings.agent.log_level, settings.agent.log_file)
+        events: queue.Queue[object] = queue.Queue()
+        with signals_to_queue(events):
+            reason = run_agent(settings, path, events)
+        logging.getLogger("credsync").info("stopped (%s)", reason)
+
+
+@main.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (schema in README).")
+def status(config_path: Path | None, as_json: bool) -> None:
+    """Show every store's state, the login, and whether the agent runs."""
+    with errors_to_exit():
+        settings, path = load(config_path)
+        from agent.runtime import collect_status
+        from agent.status import render_text
+
+        report = collect_status(settings, path)
+        if as_json:
+            click.echo(json.dumps(report.to_json(), indent=2))
+        else:
+            click.echo(render_text(report))
+
+
+def _register_optional() -> None:
+    # Commands that live in their own modules, registered here so that only the CLI prints.
+    try:
+        from agent.cli_install import install_cmd, uninstall_cmd
+    except ImportError:  # pragma: no cover - during development only
+        return
+    main.add_command(install_cmd, "install")
+    main.add_command(uninstall_cmd, "uninstall")
+
+
+_register_optional()
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

@@ -1,0 +1,91 @@
+"""credsync's own cross-process locks (portalocker: a kernel flock, freed when a holder dies).
+
+``agent.lock`` in the state dir: one ``credsync run`` per state dir.
+``refresh.lock`` in the state dir: serialises every credsync process that may redeem a refresh
+token (the agent, ``credsync token``, ``credsync refresh``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import portalocker
+
+from agent.errors import LockError
+from agent.fsutil import PRIVATE_FILE, atomic_write, ensure_private_dir
+
+
+def _touch_private(path: Path) -> None:
+    # portalocker creates the file with the umask's mode; create it 0600 first ourselves.
+    ensure_private_dir(path.parent)
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, PRIVATE_FILE)
+    os.close(fd)
+
+
+class FileLock:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock: portalocker.Lock | None = None
+        self._fh: IO[Any] | None = None
+
+    def acquire(self, timeout_s: float) -> IO[Any]:
+        _touch_private(self.path)
+        lock = portalocker.Lock(str(self.path), mode="r+", timeout=timeout_s,
+                                check_interval=0.02, fail_when_locked=False)
+        try:
+            fh: IO[Any] = lock.acquire()
+        except portalocker.exceptions.LockException as exc:
+            raise LockError(f"{self.path} is held by another credsync process") from exc
+        self._lock, self._fh = lock, fh
+        return fh
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+        self._lock, self._fh = None, None
+
+    @contextlib.contextmanager
+    def hold(self, timeout_s: float) -> Iterator[IO[Any]]:
+        fh = self.acquire(timeout_s)
+        try:
+            yield fh
+        finally:
+            self.release()
+
+    def is_held_elsewhere(self) -> bool:
+        """True when another process holds it now (probe without waiting)."""
+        try:
+            with self.hold(0):
+                return False
+        except LockError:
+            return True
+
+
+class InstanceLock:
+    """Held for the whole life of ``credsync run``; the pid is written inside for others to see."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self._lock = FileLock(state_dir / "agent.lock")
+        self.pid_path = state_dir / "agent.pid"
+
+    def acquire(self) -> None:
+        self._lock.acquire(0)
+        atomic_write(self.pid_path, f"{os.getpid()}\n".encode())
+
+    def release(self) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self.pid_path)
+        self._lock.release()
+
+    def holder(self) -> int | None:
+        """The pid of the running agent, or None when no agent holds the lock."""
+        if not self._lock.path.exists() or not self._lock.is_held_elsewhere():
+            return None
+        try:
+            return int(self.pid_path.read_text().strip())
+        except (OSError, ValueError):
+            return -1  # held, but the pid file is not readable: still "running"

@@ -1,0 +1,395 @@
+"""The OS keychain, through keyring: the only module that imports it.
+
+Which item:
+- macOS: Claude Code's own generic password, one per config dir. Service ``Claude
+  Code-credentials``, or ``Claude Code-credentials-<first 8 hex of sha256(config dir)>`` when the
+  dir was named explicitly (CLAUDE_CONFIG_DIR set, even to the default) or is not the default;
+  account ``$USER``, else the OS user name.
+- Elsewhere the CLI keeps no keychain item, so credsync keeps one of its own: service
+  ``credsync``, account ``claude-code``, holding the same ``{"claudeAiOauth": {...}}`` document
+  (a last-known-good copy that outlives a cleared or deleted file). With Secret Service its
+  attributes are ``service=credsync username=claude-code`` (keyring's scheme), which is what
+  ``secret-tool lookup service credsync username claude-code`` finds.
+
+Every backend call runs on one worker thread with a deadline: a locked keychain on a desktop can
+block forever on an unlock prompt. While an earlier call is still stuck, further calls fail at
+once instead of queueing behind it. Every error comes out as ``KeychainUnavailable``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import getpass
+import hashlib
+import importlib
+import json
+import os
+import sys
+import threading
+import time
+import unicodedata
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, TypeVar, cast
+
+import keyring.errors
+from keyring.backend import KeyringBackend
+from keyring.backends.chainer import ChainerBackend
+
+from agent.credential import Credential, Reading, ReadState, merged_document, parse_document
+from agent.errors import KeychainUnavailable, StoreError
+
+__all__ = [
+    "ALLOWED_BACKENDS",
+    "BlockingKeyring",
+    "KeychainBackend",
+    "KeychainCalls",
+    "KeychainStore",
+    "MemoryKeyring",
+    "check_backend",
+    "check_backend_name",
+    "keychain_account",
+    "keychain_stores",
+    "macos_service_name",
+    "system_backend",
+]
+
+MACOS_SERVICE = "Claude Code-credentials"
+OWN_SERVICE = "credsync"
+OWN_ACCOUNT = "claude-code"
+DEFAULT_TIMEOUT_S = 3.0
+# Exact classes only: a subclass could store the secret anywhere (keyrings.alt's plaintext file
+# backends are the reason this list exists). libsecret is the Secret Service through libsecret.
+ALLOWED_BACKENDS = frozenset({
+    "keyring.backends.macOS.Keyring",
+    "keyring.backends.SecretService.Keyring",
+    "keyring.backends.libsecret.Keyring",
+    "keyring.backends.Windows.WinVaultKeyring",
+})
+
+CHAINER_BACKEND = "keyring.backends.chainer.ChainerBackend"
+
+T = TypeVar("T")
+
+
+class KeychainBackend(Protocol):
+    """What a store needs of a keyring backend (any keyring backend, or a fake)."""
+
+    def get_password(self, service: str, username: str) -> str | None: ...
+
+    def set_password(self, service: str, username: str, password: str) -> None: ...
+
+    def delete_password(self, service: str, username: str) -> None: ...
+
+
+# --- which backend ---------------------------------------------------------------------------
+
+def _class_name(backend: object) -> str:
+    cls = type(backend)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def check_backend_name(name: str) -> None:
+    """Raise KeychainUnavailable unless ``name`` (module.Class) is a real OS keychain backend."""
+    if name not in ALLOWED_BACKENDS:
+        raise KeychainUnavailable(
+            f"keyring backend {name} is not an OS keychain; credsync uses only the macOS "
+            "Keychain, the Secret Service (e.g. gnome-keyring) or the Windows Credential "
+            "Locker (check PYTHON_KEYRING_BACKEND)")
+
+
+def check_backend(backend: object) -> None:
+    """Raise KeychainUnavailable unless ``backend`` keeps secrets in a real OS keychain."""
+    if isinstance(backend, ChainerBackend):
+        members = list(backend.backends)
+        if not members:
+            raise KeychainUnavailable("keyring's chainer backend holds no keychain backend")
+        for member in members:
+            check_backend(member)
+        return
+    check_backend_name(_class_name(backend))
+
+
+PLATFORM_BACKENDS = {
+    "darwin": "keyring.backends.macOS.Keyring",
+    "win32": "keyring.backends.Windows.WinVaultKeyring",
+}
+
+
+def _load_backend(qualified: str) -> KeyringBackend:
+    # Not keyring.core.load_keyring: it probes the backend's priority, which talks to D-Bus and
+    # fails while the keychain is not up yet; each call below connects afresh instead.
+    module_name, _, class_name = qualified.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    backend = cast(Callable[[], KeyringBackend], cls)()
+    check_backend(backend)
+    return backend
+
+
+def system_backend(
+    platform: str = sys.platform, env: Mapping[str, str] | None = None
+) -> KeyringBackend:
+    """The platform's keychain, or the backend named by PYTHON_KEYRING_BACKEND; only real ones.
+
+    Chosen by platform rather than keyring's priority probe: the probe runs once per process and
+    would pin the fail backend for good if the keychain was not up when the agent started.
+    keyringrc.cfg is not read.
+    """
+    env = os.environ if env is None else env
+    name = env.get("PYTHON_KEYRING_BACKEND") or PLATFORM_BACKENDS.get(
+        platform, "keyring.backends.SecretService.Keyring")
+    if name != CHAINER_BACKEND:
+        check_backend_name(name)  # before importing it: a plaintext backend is never built
+    try:
+        return _load_backend(name)
+    except KeychainUnavailable:
+        raise
+    except Exception as exc:  # a bad name, a missing module: any error type
+        raise KeychainUnavailable(f"keyring backend {name} cannot be loaded: {exc}") from exc
+
+
+# --- which item ------------------------------------------------------------------------------
+
+def macos_service_name(config_dir: Path, env: Mapping[str, str], home: Path) -> str:
+    """The service of Claude Code's keychain item for ``config_dir``, by the CLI's rule."""
+    default = home / ".claude"
+    explicit = env.get("CLAUDE_SECURESTORAGE_CONFIG_DIR", env.get("CLAUDE_CONFIG_DIR"))
+    named = bool(explicit) and Path(str(explicit)).expanduser() == config_dir
+    if config_dir == default and not named:
+        return MACOS_SERVICE
+    # The CLI hashes the path string it was given, NFC-normalised.
+    text = unicodedata.normalize("NFC", str(explicit) if named else str(config_dir))
+    return f"{MACOS_SERVICE}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+def keychain_account(env: Mapping[str, str]) -> str:
+    """``$USER``, else the OS user name (as the CLI does)."""
+    user = env.get("USER")
+    if user:
+        return user
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry (containers): any fixed name beats failing
+        return "user"
+
+
+# --- calls with a deadline -------------------------------------------------------------------
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+
+
+class KeychainCalls:
+    """One worker thread running backend calls, each with a deadline; shared by the stores of
+    one keychain so that a stuck prompt blocks one thread, not one per store."""
+
+    def __init__(self, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self.timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self._jobs: list[tuple[concurrent.futures.Future[Any], Callable[[], Any]]] = []
+        self._wake = threading.Condition(self._lock)
+        self._pending: concurrent.futures.Future[Any] | None = None
+        self._pending_since = 0.0
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None:
+            # Daemon: a call stuck on an unlock prompt must never keep the process from exiting.
+            self._thread = threading.Thread(target=self._run, name="keychain", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._jobs and not self._closed:
+                    self._wake.wait()
+                if not self._jobs:
+                    return
+                future, fn = self._jobs.pop(0)
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    def _submit(self, fn: Callable[[], T], what: str) -> concurrent.futures.Future[T]:
+        with self._lock:
+            if self._closed:
+                raise KeychainUnavailable(f"keychain {what}: closed")
+            if self._pending is not None and not self._pending.done():
+                stuck = time.monotonic() - self._pending_since
+                raise KeychainUnavailable(
+                    f"keychain {what}: an earlier call has not returned for {stuck:.1f} s "
+                    "(locked keychain waiting for an unlock prompt?)")
+            future: concurrent.futures.Future[T] = concurrent.futures.Future()
+            self._pending, self._pending_since = future, time.monotonic()
+            self._jobs.append((future, fn))
+            self._ensure_thread()
+            self._wake.notify()
+        return future
+
+    def call(self, fn: Callable[[], T], what: str) -> T:
+        future = self._submit(fn, what)
+        try:
+            return future.result(timeout=self.timeout_s)
+        except concurrent.futures.TimeoutError as exc:
+            raise KeychainUnavailable(
+                f"keychain {what}: no answer within {self.timeout_s:g} s "
+                "(locked keychain waiting for an unlock prompt?)") from exc
+        except KeychainUnavailable:
+            raise
+        except Exception as exc:  # keyring, secretstorage, jeepney/dbus, OS errors alike
+            raise KeychainUnavailable(f"keychain {what}: {_describe(exc)}") from exc
+
+    def close(self) -> None:
+        """Stop the worker; a call still stuck in the backend is abandoned (daemon thread)."""
+        with self._wake:
+            self._closed = True
+            for future, _ in self._jobs:
+                future.cancel()
+            self._jobs.clear()
+            self._wake.notify()
+            thread = self._thread
+        if thread is not None and (self._pending is None or self._pending.done()):
+            thread.join(timeout=2)
+
+
+# --- the store -------------------------------------------------------------------------------
+
+class KeychainStore:
+    kind = "keychain"
+    is_source = True
+
+    def __init__(
+        self,
+        backend: KeychainBackend,
+        service: str = OWN_SERVICE,
+        account: str = OWN_ACCOUNT,
+        *,
+        name: str = "keychain",
+        calls: KeychainCalls | None = None,
+    ) -> None:
+        self.backend = backend
+        self.service = service
+        self.account = account
+        self.name = name
+        self.location = f"service={service} account={account}"
+        self._calls = calls if calls is not None else KeychainCalls()
+
+    @property
+    def watch_path(self) -> Path | None:
+        return None  # a keychain has no file to watch: the agent polls it
+
+    def _get(self) -> str | None:
+        return self._calls.call(lambda: self.backend.get_password(self.service, self.account),
+                                "read")
+
+    def read_document(self) -> tuple[Reading, dict[str, Any] | None]:
+        try:
+            raw = self._get()
+        except KeychainUnavailable as exc:
+            return Reading(ReadState.ERROR, detail=str(exc)), None
+        if raw is None:
+            return Reading(ReadState.MISSING, detail="no keychain item"), None
+        return parse_document(raw.encode())
+
+    def read(self) -> Reading:
+        return self.read_document()[0]
+
+    def write(self, cred: Credential) -> bool:
+        if cred.is_blank:
+            raise StoreError("refusing to write a blank credential")
+        raw = self._get()  # KeychainUnavailable propagates: a write must not be guessed
+        reading, doc = parse_document(raw.encode()) if raw is not None else (None, None)
+        current = reading.valid if reading is not None else None
+        if current is not None and (current.same_tokens(cred) or current.fresher_than(cred)):
+            return False  # same login (no keychain rewrite), or a fresher one: never go back
+        if reading is not None and reading.state is ReadState.INVALID:
+            doc = None  # garbage is replaced whole
+        data = json.dumps(merged_document(doc, cred), separators=(",", ":"))
+        self._calls.call(lambda: self.backend.set_password(self.service, self.account, data),
+                         "write")
+        return True
+
+    def delete(self) -> bool:
+        """Remove the item; False when there was none."""
+        if self._get() is None:
+            return False
+        self._calls.call(lambda: self.backend.delete_password(self.service, self.account),
+                         "delete")
+        return True
+
+    def close(self) -> None:
+        """Stop the worker thread (shared with the other stores of the same keychain)."""
+        self._calls.close()
+
+
+def keychain_stores(
+    config_dirs: Sequence[Path],
+    backend: KeychainBackend,
+    *,
+    platform: str = sys.platform,
+    env: Mapping[str, str] | None = None,
+    home: Path | None = None,
+    calls: KeychainCalls | None = None,
+) -> list[KeychainStore]:
+    """The keychain stores for these config dirs on this platform, sharing one worker."""
+    env = os.environ if env is None else env
+    calls = calls if calls is not None else KeychainCalls()
+    if platform != "darwin":
+        return [KeychainStore(backend, calls=calls)]
+    home = Path.home() if home is None else home
+    account = keychain_account(env)
+    stores: list[KeychainStore] = []
+    for config_dir in config_dirs:
+        service = macos_service_name(config_dir, env, home)
+        if all(s.service != service for s in stores):
+            stores.append(KeychainStore(backend, service, account, name=f"keychain:{service}",
+                                        calls=calls))
+    return stores
+
+
+# --- fakes for tests -------------------------------------------------------------------------
+
+class MemoryKeyring:
+    """An in-memory backend with keyring's behaviour (delete of a missing item raises)."""
+
+    def __init__(self) -> None:
+        self.items: dict[tuple[str, str], str] = {}
+
+    def get_password(self, service: str, username: str) -> str | None:
+        return self.items.get((service, username))
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        self.items[(service, username)] = password
+
+    def delete_password(self, service: str, username: str) -> None:
+        if self.items.pop((service, username), None) is None:
+            raise keyring.errors.PasswordDeleteError("No such password!")
+
+
+class BlockingKeyring(MemoryKeyring):
+    """A backend whose calls block, as on an unlock prompt, until ``release()``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def _block(self) -> None:
+        self.entered.set()
+        self.gate.wait()
+
+    def release(self) -> None:
+        self.gate.set()
+
+    def get_password(self, service: str, username: str) -> str | None:
+        self._block()
+        return super().get_password(service, username)
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        self._block()
+        super().set_password(service, username, password)

@@ -1,0 +1,122 @@
+"""Notice every write to the file stores (watchdog), and only enqueue: the agent loop acts.
+
+Each target file is watched through its parent directory, because the CLI replaces the file
+atomically (the event is a move whose destination is the file) and a watch on the file itself
+would die with the first replace. A directory that does not exist yet is waited for from its
+nearest existing ancestor; a watched directory that is deleted kills its watch silently, so
+``sync()`` (called by the loop on directory events and on every tick) re-aims the watches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedNoWriteEvent,
+    FileOpenedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver, ObservedWatch
+
+
+@dataclass(frozen=True)
+class FileChanged:
+    path: Path
+
+
+@dataclass(frozen=True)
+class DirsChanged:
+    """A directory on the way to a target appeared or vanished: the watches must be re-aimed."""
+
+
+def _watch_dir(target: Path) -> Path:
+    """The directory to watch for ``target``: its parent, or the nearest existing ancestor."""
+    candidate = target.parent
+    while not candidate.is_dir() and candidate != candidate.parent:
+        candidate = candidate.parent
+    return candidate
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, targets: frozenset[Path], ancestors: frozenset[Path],
+                 events: queue.Queue[object]) -> None:
+        self._targets = targets
+        self._ancestors = ancestors
+        self._events = events
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if isinstance(event, (FileOpenedEvent, FileClosedNoWriteEvent)):
+            return
+        for raw in (event.src_path, getattr(event, "dest_path", "")):
+            if not raw:
+                continue
+            path = Path(os.fsdecode(raw))
+            if path in self._targets:
+                self._events.put(FileChanged(path))
+            if (isinstance(event, (DirCreatedEvent, DirDeletedEvent, DirMovedEvent))
+                    and path in self._ancestors):
+                self._events.put(DirsChanged())
+
+
+class Watcher:
+    def __init__(self, targets: Iterable[Path], events: queue.Queue[object],
+                 observer: BaseObserver | None = None) -> None:
+        self.targets = frozenset(Path(os.path.abspath(t)) for t in targets)
+        ancestors: set[Path] = set()
+        for target in self.targets:
+            ancestors.update(target.parents)
+        self._handler = _Handler(self.targets, frozenset(ancestors), events)
+        self._observer = observer or Observer()
+        self._watches: dict[Path, tuple[ObservedWatch, int | None]] = {}
+
+    def start(self) -> None:
+        self.sync()
+        self._observer.start()
+
+    def stop(self) -> None:
+        self._observer.stop()
+        self._observer.join(timeout=2)
+
+    @property
+    def watched_dirs(self) -> list[Path]:
+        return sorted(self._watches)
+
+    def sync(self) -> bool:
+        """Aim a watch at each target's directory; return True when any watch changed."""
+        wanted = {_watch_dir(t) for t in self.targets}
+        changed = False
+        for directory, (watch, inode) in list(self._watches.items()):
+            if directory not in wanted or _inode(directory) != inode:
+                # Gone, replaced by a new directory of the same name, or no longer needed.
+                with contextlib.suppress(KeyError, OSError):
+                    self._observer.unschedule(watch)
+                del self._watches[directory]
+                changed = True
+        for directory in wanted - self._watches.keys():
+            inode = _inode(directory)
+            if inode is None:
+                continue
+            try:
+                watch = self._observer.schedule(self._handler, str(directory), recursive=False)
+            except OSError:
+                continue  # vanished between the check and the watch; the next sync retries
+            self._watches[directory] = (watch, inode)
+            changed = True
+        return changed

@@ -1,0 +1,193 @@
+"""The agent's logic, driven step by step with a fake clock, real files and an in-memory keyring."""
+
+from __future__ import annotations
+
+import queue
+from pathlib import Path
+
+import pytest
+
+from agent.agent import GARBAGE_GRACE_S, Agent, Stop
+from agent.clock import FakeClock
+from agent.credential import Credential, ReadState
+from agent.state import StateDir
+from agent.stores.base import Store
+from agent.stores.claude_file import ClaudeFileStore
+from agent.stores.keychain import KeychainStore, MemoryKeyring
+from agent.stores.sink import SinkStore
+from agent.watcher import FileChanged
+from tests.factories import CLEARED, make_cred, read_doc, write_cred, write_doc
+
+NOW_MS = 1_800_000_000_000
+
+
+class World:
+    def __init__(self, tmp: Path, n_dirs: int = 3) -> None:
+        self.dirs = [tmp / f"cfg{i}" for i in range(n_dirs)]
+        for d in self.dirs:
+            d.mkdir()
+        self.files = [ClaudeFileStore(d) for d in self.dirs]
+        self.keyring = MemoryKeyring()
+        self.keychain = KeychainStore(self.keyring)
+        self.sink = SinkStore(tmp / "sinks" / "token", "access-token")
+        self.stores: list[Store] = [*self.files, self.keychain, self.sink]
+        self.clock = FakeClock(NOW_MS / 1000)
+        self.events: queue.Queue[object] = queue.Queue()
+        self.state = StateDir(tmp / "state")
+        self.agent = Agent(self.stores, self.state, self.clock, self.events)
+
+    def creds(self) -> list[Credential | None]:
+        return [s.read().valid for s in [*self.files, self.keychain]]
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    return World(tmp_path)
+
+
+def test_freshest_credential_reaches_every_store(world: World) -> None:
+    old, new = make_cred(NOW_MS + 1000), make_cred(NOW_MS + 9000)
+    write_cred(world.dirs[0], old)
+    write_cred(world.dirs[1], new, mcpOAuth={"x": {"token": "keep"}})
+    report = world.agent.reconcile()
+    assert report.winner is not None and report.winner.same_tokens(new)
+    assert all(c is not None and c.same_tokens(new) for c in world.creds())
+    assert world.sink.path.read_text() == new.access_token + "\n"
+    # only claudeAiOauth changes; every other key stays where it was
+    assert read_doc(world.dirs[1])["mcpOAuth"] == {"x": {"token": "keep"}}
+
+
+def test_a_round_with_everything_in_sync_writes_nothing(world: World) -> None:
+    write_cred(world.dirs[0], make_cred(NOW_MS + 5000))
+    world.agent.reconcile()
+    writes = world.agent.writes
+    assert world.agent.reconcile().written == []
+    assert world.agent.writes == writes
+
+
+def test_cleared_store_is_restored_and_never_wins(world: World) -> None:
+    good = make_cred(NOW_MS + 5000)
+    write_cred(world.dirs[0], good)
+    world.agent.reconcile()
+    write_doc(world.dirs[1], {"claudeAiOauth": CLEARED})
+    report = world.agent.reconcile()
+    assert report.plan is not None and world.files[1].name in report.plan.restores
+    assert read_doc(world.dirs[1])["claudeAiOauth"]["accessToken"] == good.access_token
+
+
+def test_cleared_again_with_the_same_credential_is_not_restored_twice(world: World) -> None:
+    good = make_cred(NOW_MS + 5000)
+    write_cred(world.dirs[0], good)
+    world.agent.reconcile()
+    write_doc(world.dirs[1], {"claudeAiOauth": CLEARED})
+    world.agent.reconcile()
+    # the CLI cleared it again: the server refused `good`; restoring it would start a loop
+    for d in world.dirs:
+        write_doc(d, {"claudeAiOauth": CLEARED})
+    report = world.agent.reconcile()
+    assert report.winner is None
+    assert all(world.files[i].read().state is ReadState.CLEARED for i in range(3))
+
+
+def test_garbage_is_repaired_only_after_it_settles(world: World) -> None:
+    good = make_cred(NOW_MS + 5000)
+    write_cred(world.dirs[0], good)
+    world.agent.reconcile()
+    (world.dirs[2] / ".credentials.json").write_text('{"claudeAiOauth": {"accessT')
+    report = world.agent.reconcile()
+    assert report.plan is not None and report.plan.waiting == [world.files[2].name]
+    world.clock.advance(GARBAGE_GRACE_S)
+    world.agent.step(timeout=0)
+    assert world.files[2].read().valid is not None
+
+
+def test_deliberate_logout_is_respected(world: World) -> None:
+    good = make_cred(NOW_MS + 5000)
+    write_cred(world.dirs[0], good)
+    world.agent.reconcile()
+    (world.dirs[1] / ".credentials.json").unlink()  # removed: a logout
+    write_doc(world.dirs[2], {"mcpOAuth": {}})  # claudeAiOauth entry removed: a logout
+    report = world.agent.reconcile()
+    assert sorted(report.plan.logged_out if report.plan else []) == sorted(
+        [world.files[1].name, world.files[2].name])
+    assert not (world.dirs[1] / ".credentials.json").exists()
+    assert "claudeAiOauth" not in read_doc(world.dirs[2])
+    # the logout is not propagated: the other stores keep the login
+    assert world.files[0].read().valid is not None and world.keychain.read().valid is not None
+    # logging in again in that dir ends the logout
+    newer = make_cred(NOW_MS + 8000)
+    write_cred(world.dirs[1], newer)
+    world.agent.reconcile()
+    assert world.files[0].read().valid == newer
+    assert world.files[2].read().state is ReadState.LOGGED_OUT
+
+
+def test_missing_store_that_never_held_a_login_is_filled(world: World) -> None:
+    good = make_cred(NOW_MS + 5000)
+    write_cred(world.dirs[0], good)
+    world.agent.reconcile()
+    assert world.files[1].read().valid == good
+
+
+def test_keychain_copy_restores_every_file_after_all_are_cleared(world: World) -> None:
+    good = make_cred(NOW_MS + 5000)
+    world.keychain.write(good)
+    for d in world.dirs:
+        write_doc(d, {"claudeAiOauth": CLEARED})
+    world.agent.reconcile()
+    assert all(c == good for c in world.creds())
+
+
+def test_last_good_survives_a_restart(world: World, tmp_path: Path) -> None:
+    good = make_cred(NOW_MS + 5000)
+    write_cred(world.dirs[0], good)
+    world.agent.reconcile()
+    world.keyring.delete_password(world.keychain.service, world.keychain.account)
+    for d in world.dirs:
+        write_doc(d, {"claudeAiOauth": CLEARED})
+    again = Agent(world.stores, world.state, world.clock, world.events)
+    again.load()
+    again.reconcile()
+    assert all(c == good for c in world.creds())
+
+
+def test_events_are_debounced_into_one_round(world: World) -> None:
+    write_cred(world.dirs[0], make_cred(NOW_MS + 5000))
+    world.agent.reconcile()
+    rounds = world.agent.rounds
+    newer = make_cred(NOW_MS + 9000)
+    write_cred(world.dirs[0], newer)
+    for _ in range(50):
+        world.events.put(FileChanged(world.files[0].path))
+    world.agent.step(timeout=0)  # handles the burst; the debounce deadline is not due yet
+    assert world.agent.rounds == rounds
+    world.clock.advance(world.agent.debounce_s)
+    world.agent.step(timeout=0)
+    assert world.agent.rounds == rounds + 1
+    assert world.files[2].read().valid == newer
+
+
+def test_own_writes_do_not_start_another_round(world: World) -> None:
+    write_cred(world.dirs[0], make_cred(NOW_MS + 5000))
+    world.agent.reconcile()
+    rounds = world.agent.rounds
+    for store in world.files[1:]:
+        world.events.put(FileChanged(store.path))
+    world.agent.step(timeout=0)
+    world.clock.advance(1)
+    world.agent.step(timeout=0)
+    assert world.agent.rounds == rounds
+
+
+def test_stop_event_ends_the_loop(world: World) -> None:
+    world.events.put(Stop("SIGTERM"))
+    assert world.agent.run() == "SIGTERM"
+
+
+def test_audit_round_runs_without_events(world: World) -> None:
+    world.agent._next_audit = world.clock.now() + 60
+    rounds = world.agent.rounds
+    assert world.agent.next_timeout() == 30.0  # never sleeps longer than the tick
+    world.clock.jump(61)  # a suspend: wall-clock moved, nothing else happened
+    world.agent.step(timeout=0)
+    assert world.agent.rounds == rounds + 1
