@@ -19,6 +19,7 @@ from agent.credential import Credential, Reading, ReadState
 from agent.errors import StoreError
 from agent.fsutil import stat_signature
 from agent.reconcile import Plan, StoreMemory, plan_round
+from agent.refresh import RefreshDriver
 from agent.state import StateDir
 from agent.stores.base import Store
 from agent.watcher import DirsChanged, FileChanged
@@ -64,6 +65,7 @@ class Agent:
         watcher: WatcherLike | None = None,
         debounce_s: float = 0.01,
         on_round: Callable[[RoundReport], None] | None = None,
+        refresh: RefreshDriver | None = None,
     ) -> None:
         self.stores = list(stores)
         # Where removing the login is the user logging out: the CLI's own stores. credsync's own
@@ -76,6 +78,7 @@ class Agent:
         self.watcher = watcher
         self.debounce_s = debounce_s
         self.on_round = on_round
+        self.refresh = refresh
         self.memory: dict[str, StoreMemory] = {}
         self.rejected: set[str] = set()
         self.readings: dict[str, Reading] = {}
@@ -107,6 +110,8 @@ class Agent:
             "readings": {n: {"state": r.state.value, "detail": r.detail}
                          for n, r in self.readings.items()},
             "updated_at": self.clock.now(),
+            "rounds": self.rounds,
+            "writes": self.writes,
         }
         obj.update(extra or {})
         try:
@@ -134,11 +139,18 @@ class Agent:
         self.readings = readings = self.read_all()
         sources = {s.name for s in self.stores if s.is_source}
         settled = self._settled(readings, now)
+        rejected = set(self.rejected)
+        if self.refresh is not None:
+            self.refresh.coordinator.records.reload()
+            rejected |= self.refresh.coordinator.records.rejected
         plan = plan_round(readings, sources, self.memory, self.state.load_last_good(),
-                          self.rejected, now, settled, self.logout_aware)
+                          rejected, now, settled, self.logout_aware)
+        self.rejected |= rejected - self._server_rejected()
         report = RoundReport(plan.winner, plan=plan)
         if plan.winner is not None:
             self._apply(plan, plan.winner, report)
+        if self.refresh is not None:
+            self.refresh.observe(plan.winner)
         self.rounds += 1
         self._next_audit = now + AUDIT_S
         self._last_report = report
@@ -146,6 +158,9 @@ class Agent:
         if self.on_round:
             self.on_round(report)
         return report
+
+    def _server_rejected(self) -> set[str]:
+        return self.refresh.coordinator.records.rejected if self.refresh is not None else set()
 
     def _apply(self, plan: Plan, winner: Credential, report: RoundReport) -> None:
         if not winner.same_tokens(self.state.load_last_good()):
@@ -199,6 +214,9 @@ class Agent:
             deadlines.append(self._due)
         if self.garbage_since:
             deadlines.append(min(t for t, _ in self.garbage_since.values()) + GARBAGE_GRACE_S)
+        refresh_at = self.refresh.next_at() if self.refresh is not None else None
+        if refresh_at is not None:
+            deadlines.append(refresh_at)
         return max(0.0, min(min(deadlines) - now, TICK_S))
 
     def due_work(self) -> None:
@@ -210,6 +228,12 @@ class Agent:
             if self.watcher is not None and self.watcher.sync():
                 log.debug("watches re-aimed")
             self.reconcile()
+        if self.refresh is not None:
+            outcome = self.refresh.due(self.clock.now())
+            if outcome is not None:
+                log.info("refresh: %s (%s)", outcome.kind, outcome.message)
+                if outcome.kind in ("refreshed", "adopted"):
+                    self.reconcile()  # the stores the refresher left alone get it too
 
     def step(self, timeout: float | None = None) -> None:
         """Wait for one event (or the next deadline), handle it, then do what is due."""

@@ -9,7 +9,8 @@
     │   ├── TransientRefreshError  network, timeout, 5xx, 429: retry later
     │   └── InvalidGrantError      the refresh token was rejected: terminal for it
     ├── ReloginRequired      no valid login is left anywhere: the user must log in
-    └── AgentAlreadyRunning  another agent holds this state dir
+    ├── AgentAlreadyRunning  another agent holds this state dir
+    └── InstallError         the login item could not be installed or removed
 
 Foreign exceptions are mapped at the boundary with ``raise ... from``. Messages never hold a
 token; they name what failed and, where there is one, what to do.
@@ -47,9 +48,14 @@ class RefreshError(CredsyncError):
 
 
 class TransientRefreshError(RefreshError):
-    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+    """``may_have_rotated``: the request may have reached the server and its answer was lost
+    (read timeout, dropped connection, unreadable success); the refresh token may be spent."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None,
+                 may_have_rotated: bool = False) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.may_have_rotated = may_have_rotated
 
 
 class InvalidGrantError(RefreshError):
@@ -64,3 +70,7 @@ class AgentAlreadyRunning(CredsyncError):
     def __init__(self, message: str, pid: int | None) -> None:
         super().__init__(message)
         self.pid = pid
+
+
+class InstallError(CredsyncError):
+    """A login item (systemd unit, LaunchAgent, scheduled task) could not be set up or removed."""

@@ -63,7 +63,11 @@ class StateDir:
 
 
 class Journal:
-    """Hashes of refresh tokens already sent: a token in here is never sent again."""
+    """Hashes of refresh tokens already sent: a token in here is never sent again.
+
+    Lines are ``+<hash>`` (about to be sent) and ``-<hash>`` (the server answered without
+    spending it: a 5xx, a 429, or the connection never opened); the last line for a hash wins.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -71,21 +75,31 @@ class Journal:
     def __contains__(self, refresh_token: object) -> bool:
         if not isinstance(refresh_token, str):
             return False
+        wanted, spent = token_hash(refresh_token), False
         try:
             with open(self.path) as fh:
-                return token_hash(refresh_token) in {line.strip() for line in fh}
+                for line in fh:
+                    if line[1:].strip() == wanted:
+                        spent = line.startswith("+")
         except FileNotFoundError:
             return False
+        return spent
 
-    def record(self, refresh_token: str) -> None:
-        """Append and fsync before the token is sent: a crash after sending must not forget it."""
+    def _append(self, line: str) -> None:
         ensure_private_dir(self.path.parent)
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE)
         try:
-            os.write(fd, (token_hash(refresh_token) + "\n").encode())
+            os.write(fd, (line + "\n").encode())
             os.fsync(fd)
         finally:
             os.close(fd)
+
+    def record(self, refresh_token: str) -> None:
+        """Append and fsync before the token is sent: a crash after sending must not forget it."""
+        self._append("+" + token_hash(refresh_token))
+
+    def release(self, refresh_token: str) -> None:
+        self._append("-" + token_hash(refresh_token))
 
     def compact(self, keep: int = 1000) -> None:
         with contextlib.suppress(OSError):
