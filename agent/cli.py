@@ -114,6 +114,45 @@ def status(config_path: Path | None, as_json: bool) -> None:
             click.echo(render_text(report))
 
 
+@main.command()
+@config_option
+def token(config_path: Path | None) -> None:
+    """Print a valid access token (refreshing under the locks when it is due).
+
+    The only command that prints a token. Exit 3 when a re-login is required.
+    """
+    with errors_to_exit():
+        settings, _ = load(config_path)
+        from agent.runtime import valid_token
+
+        value = valid_token(settings)
+    click.echo(value)
+
+
+@main.command()
+@config_option
+def refresh(config_path: Path | None) -> None:
+    """Refresh the login now, under the locks; print the outcome in one line."""
+    with errors_to_exit():
+        settings, _ = load(config_path)
+        from agent.runtime import refresh_now
+
+        outcome = refresh_now(settings)
+        cred = outcome.credential
+        shown = f" {cred.fingerprint}, expires {_iso(cred.expires_at)}" if cred else ""
+        click.echo(f"{outcome.kind}:{shown} ({outcome.message})")
+    if outcome.kind == "relogin-required":
+        sys.exit(EXIT_RELOGIN)
+    if not outcome.ok:
+        sys.exit(EXIT_FAILURE)
+
+
+def _iso(ts: float) -> str:
+    from agent.status import iso
+
+    return iso(ts) or "-"
+
+
 def _register_optional() -> None:
     # Commands that live in their own modules, registered here so that only the CLI prints.
     try:

@@ -6,14 +6,21 @@ import logging
 import queue
 from pathlib import Path
 
-from agent.agent import Agent
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
 from agent.build import build_stores, close_stores, state_dir
-from agent.clock import SystemClock
+from agent.clock import Clock, SystemClock
 from agent.config import Settings
-from agent.errors import AgentAlreadyRunning, LockError
+from agent.errors import AgentAlreadyRunning, LockError, RefreshError, ReloginRequired
 from agent.filelock import InstanceLock
+from agent.credential import Credential
+from agent.refresh import Coordinator, Outcome, RefreshDriver, RefreshResultLike
 from agent.status import Status, collect
-from agent.watcher import Watcher
+
+if TYPE_CHECKING:
+    from agent.refresher import HttpRefresher
 
 log = logging.getLogger("credsync")
 
@@ -29,17 +36,92 @@ def run_agent(settings: Settings, config_path: Path, events: queue.Queue[object]
         raise AgentAlreadyRunning(
             f"another agent already runs for {state.path} (pid {pid}); stop it first",
             pid) from exc
-    stores = build_stores(settings)
+    # The loop's modules (watchdog among them) are loaded only by the command that runs it.
+    from agent.agent import Agent
+    from agent.watcher import Watcher
+
+    clock = SystemClock()
     try:
-        watch = [s.watch_path for s in stores if s.watch_path is not None]
-        agent = Agent(stores, state, SystemClock(), events, Watcher(watch, events),
-                      debounce_s=settings.agent.debounce_ms / 1000)
-        agent.load()
-        log.info("started: %d stores, config %s, state %s", len(stores), config_path, state.path)
-        return agent.run()
+        with coordinator(settings, clock) as coord:
+            stores = coord.stores
+            driver = None
+            if settings.refresh.enabled:
+                from agent.refresher import Backoff
+
+                driver = RefreshDriver(coord, Backoff())
+            watch = [s.watch_path for s in stores if s.watch_path is not None]
+            agent = Agent(stores, state, clock, events, Watcher(watch, events),
+                          debounce_s=settings.agent.debounce_ms / 1000, refresh=driver)
+            agent.load()
+            log.info("started: %d stores, config %s, state %s", len(stores), config_path,
+                     state.path)
+            return agent.run()
     finally:
-        close_stores(stores)
         instance.release()
+
+
+class LazyRefresher:
+    """The HTTP refresher, built on first use: `credsync token` with a fresh token never imports
+    httpx (start-up time matters for a command run by every session)."""
+
+    def __init__(self, settings: Settings, clock: Clock) -> None:
+        self.settings = settings
+        self.clock = clock
+        self._real: HttpRefresher | None = None
+
+    def refresh(self, cred: Credential) -> RefreshResultLike:
+        if self._real is None:
+            from agent.refresher import HttpRefresher
+
+            self._real = HttpRefresher.from_settings(self.settings.refresh, self.clock)
+        return self._real.refresh(cred)
+
+    def close(self) -> None:
+        if self._real is not None:
+            self._real.close()
+
+
+@contextmanager
+def coordinator(settings: Settings, clock: Clock) -> Iterator[Coordinator]:
+    stores = build_stores(settings)
+    refresher = LazyRefresher(settings, clock)
+    try:
+        yield Coordinator(settings.refresh, stores, settings.claude.config_dirs,
+                          state_dir(settings), refresher, clock)
+    finally:
+        refresher.close()
+        close_stores(stores)
+
+
+def refresh_now(settings: Settings) -> Outcome:
+    """One refresh now, under the locks (``credsync refresh``)."""
+    with coordinator(settings, SystemClock()) as coord:
+        return coord.run(coord.best(), force=True)
+
+
+def valid_token(settings: Settings) -> str:
+    """An access token that is valid now, refreshing under the locks when it is due."""
+    with coordinator(settings, SystemClock()) as coord:
+        best = coord.best()
+        now = coord.clock.now()
+        if best is not None and best.expires_at > now and (
+                not settings.refresh.enabled or now < coord.deadline(best)):
+            return best.access_token
+        if best is None:
+            raise ReloginRequired(_relogin_message("no valid login in any store"))
+        outcome = coord.run(best)
+        cred = outcome.credential
+        if outcome.kind == "relogin-required":
+            raise ReloginRequired(_relogin_message(outcome.message))
+        if cred is not None and cred.expires_at > coord.clock.now():
+            return cred.access_token  # refreshed, adopted, or still valid after a failed try
+        raise RefreshError(f"the login has expired and could not be refreshed now "
+                           f"({outcome.message}); credsync will retry")
+
+
+def _relogin_message(why: str) -> str:
+    return (f"a re-login is required ({why}): run `claude` and then /login in any session, "
+            "or `claude auth login`")
 
 
 def collect_status(settings: Settings, config_path: Path) -> Status:
