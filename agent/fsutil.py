@@ -22,9 +22,22 @@ def ensure_private_dir(path: Path) -> None:
     """Create ``path`` (and parents) 0700 whatever the umask; leave an existing dir's mode alone."""
     if path.is_dir():
         return
+    # Every missing ancestor too: mkdir(parents=True) makes them with the umask's mode, which
+    # under umask 0 is world-writable, and a writable parent lets anyone swap the private dir.
+    missing = []
+    for ancestor in (path, *path.parents):
+        if ancestor.is_dir():
+            break
+        missing.append(ancestor)
     try:
-        path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
-        os.chmod(path, PRIVATE_DIR)
+        for directory in reversed(missing):
+            try:
+                directory.mkdir(mode=PRIVATE_DIR)
+            except FileExistsError:
+                if not directory.is_dir():
+                    raise
+                continue  # made by someone else meanwhile: its mode is theirs
+            os.chmod(directory, PRIVATE_DIR)
     except OSError as exc:
         raise StoreError(f"cannot create directory {path}: {exc.strerror}") from exc
 

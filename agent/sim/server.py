@@ -25,6 +25,7 @@ import socket
 import sys
 import threading
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
@@ -157,6 +158,9 @@ class OAuthServer:
         self._stats = ServerStats()
         self._log: list[RequestRecord] = []
         self._stopping = threading.Event()
+        # Run in the handler thread as each token request arrives: lets a test act "while the
+        # request is in flight" (another process writing a store) without racing a timer.
+        self.on_token_request: Callable[[], None] | None = None
         self._http: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -272,14 +276,17 @@ class OAuthServer:
         """Answer one token request; None means: close the connection without an answer."""
         with self._lock:
             self._count(token_requests=1)
+        hook = self.on_token_request
+        if hook is not None:
+            hook()
         try:
             request: TokenRequest | BadRequest = parse_token_request(
                 content_type, authorization, body)
         except BadRequest as exc:
             request = exc
         fault = self.faults.pop()
-        if fault is not None and fault.kind == "delay":
-            self._stopping.wait(fault.delay_s)
+        if fault is not None and fault.kind == "delay" and self._stopping.wait(fault.delay_s):
+            return None  # shutting down: answer nothing rather than act after stop()
         if fault is not None and fault.kind in ("status", "drop", "garbage"):
             return self._faulted(fault, request)
         if isinstance(request, BadRequest):
@@ -400,7 +407,7 @@ class OAuthServer:
 
 
 def _ms(seconds: float) -> int:
-    return int(round(seconds * 1000))
+    return round(seconds * 1000)
 
 
 class _Handler(BaseHTTPRequestHandler):

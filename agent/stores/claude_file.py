@@ -25,6 +25,9 @@ FILE_NAME = ".credentials.json"
 # content keeps changing, and never act on a partial document.
 SETTLE_S = 0.25
 SETTLE_STEP_S = 0.02
+# Garbage that has not changed for this many steps is at rest, not a write in progress (a writer
+# may pause between chunks for longer than one step).
+STABLE_STEPS = 5
 WRITE_LOCK_TIMEOUT_S = 3.0
 
 
@@ -37,8 +40,14 @@ class ClaudeFileStore:
     kind = "claude-file"
     is_source = True
 
-    def __init__(self, config_dir: Path, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        config_dir: Path,
+        sleep: Callable[[float], None] = time.sleep,
+        lock_timeout_s: float = WRITE_LOCK_TIMEOUT_S,
+    ) -> None:
         self.config_dir = config_dir
+        self.lock_timeout_s = lock_timeout_s
         self.path = config_dir / FILE_NAME
         self.name = f"file:{config_dir}"
         self.location = str(self.path)
@@ -60,12 +69,13 @@ class ClaudeFileStore:
 
     def read_document(self) -> tuple[Reading, dict[str, Any] | None]:
         raw, reading, doc = self._read_once()
-        waited = 0.0
+        waited, unchanged = 0.0, 0
         while reading.state is ReadState.INVALID and waited < SETTLE_S:
             self._sleep(SETTLE_STEP_S)
             waited += SETTLE_STEP_S
             again, reading, doc = self._read_once()
-            if again == raw and reading.state is ReadState.INVALID and waited >= 4 * SETTLE_STEP_S:
+            unchanged = unchanged + 1 if again == raw else 0
+            if reading.state is ReadState.INVALID and unchanged >= STABLE_STEPS:
                 break  # the same bytes for a while: not a write in progress
             raw = again
         return reading, doc
@@ -78,7 +88,7 @@ class ClaudeFileStore:
         if not self.config_dir.is_dir():
             raise StoreError(f"config dir {self.config_dir} does not exist")
         try:
-            with storage_write_lock(self.config_dir).hold(WRITE_LOCK_TIMEOUT_S):
+            with storage_write_lock(self.config_dir).hold(self.lock_timeout_s):
                 return self._write_locked(cred)
         except LockError as exc:
             raise StoreError(f"cannot write {self.path}: {exc}") from exc

@@ -46,6 +46,8 @@ __all__ = [
     "KeychainCalls",
     "KeychainStore",
     "MemoryKeyring",
+    "UnavailableBackend",
+    "backend_or_unavailable",
     "check_backend",
     "check_backend_name",
     "keychain_account",
@@ -148,6 +150,33 @@ def system_backend(
         raise KeychainUnavailable(f"keyring backend {name} cannot be loaded: {exc}") from exc
 
 
+class UnavailableBackend:
+    """Stands in for a keychain that cannot be used, so that its store still shows up in status
+    (state error, with the reason) and the agent keeps running."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def get_password(self, service: str, username: str) -> str | None:
+        raise KeychainUnavailable(self.reason)
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        raise KeychainUnavailable(self.reason)
+
+    def delete_password(self, service: str, username: str) -> None:
+        raise KeychainUnavailable(self.reason)
+
+
+def backend_or_unavailable(
+    platform: str = sys.platform, env: Mapping[str, str] | None = None
+) -> KeychainBackend:
+    """``system_backend()``, or an UnavailableBackend saying why not."""
+    try:
+        return system_backend(platform, env)
+    except KeychainUnavailable as exc:
+        return UnavailableBackend(str(exc))
+
+
 # --- which item ------------------------------------------------------------------------------
 
 def macos_service_name(config_dir: Path, env: Mapping[str, str], home: Path) -> str:
@@ -193,6 +222,11 @@ class KeychainCalls:
         self._pending_since = 0.0
         self._closed = False
         self._thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        """Is the worker thread alive (it starts with the first call)?"""
+        return self._thread is not None and self._thread.is_alive()
 
     def _ensure_thread(self) -> None:
         if self._thread is None:

@@ -1,0 +1,339 @@
+"""The keychain store: the real Secret Service, an absent or dying one, a stuck one, the
+backend allow-list, and the macOS naming rule."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from keyring.backends import SecretService, chainer, fail, null
+
+from agent.credential import Credential, ReadState
+from agent.errors import KeychainUnavailable, StoreError
+from agent.stores import keychain
+from agent.stores.keychain import (
+    BlockingKeyring,
+    KeychainCalls,
+    KeychainStore,
+    MemoryKeyring,
+    UnavailableBackend,
+    backend_or_unavailable,
+    check_backend,
+    keychain_account,
+    keychain_stores,
+    macos_service_name,
+    system_backend,
+)
+from tests.realkeyring import (  # noqa: F401
+    RealKeyring,
+    environ_overlay,
+    no_keyring_bus_fixture,
+    private_keyring,
+    real_keyring_fixture,
+)
+
+BASE_MS = 1_900_000_000_000
+FAST_S = 2.0  # a failure must come at once, not after a hang
+
+
+def cred(n: int) -> Credential:
+    return Credential.build(f"at-{n}", f"rt-{n}", BASE_MS + n * 3_600_000,
+                            scopes=["user:inference"], subscriptionType="max")
+
+
+def secret_service() -> Any:
+    return SecretService.Keyring()  # type: ignore[no-untyped-call]
+
+
+@pytest.fixture
+def calls() -> Iterator[KeychainCalls]:
+    worker = KeychainCalls(timeout_s=5.0)
+    yield worker
+    worker.close()
+
+
+# --- the real Secret Service, checked with secret-tool -----------------------------------------
+
+@pytest.mark.integration
+def test_what_the_store_writes_is_what_secret_tool_sees(real_keyring: RealKeyring,
+                                                        calls: KeychainCalls) -> None:
+    [store] = keychain_stores([Path("/x/.claude")], system_backend(platform="linux", env={}),
+                              platform="linux", calls=calls)
+    assert store.write(cred(1)) is True
+    seen = real_keyring.lookup("credsync", "claude-code")
+    assert seen is not None
+    assert json.loads(seen) == {"claudeAiOauth": cred(1).to_json_obj()}
+
+
+@pytest.mark.integration
+def test_an_item_written_by_another_program_is_read(real_keyring: RealKeyring,
+                                                    calls: KeychainCalls) -> None:
+    doc = {"claudeAiOauth": cred(3).to_json_obj(), "mcpOAuth": {"k": "v"}}
+    real_keyring.store("credsync", "claude-code", json.dumps(doc))
+    store = KeychainStore(secret_service(), calls=calls)
+    reading = store.read()
+    assert reading.state is ReadState.VALID
+    assert reading.credential is not None and reading.credential.same_tokens(cred(3))
+    assert store.write(cred(4)) is True
+    seen = real_keyring.lookup("credsync", "claude-code")
+    assert seen is not None and json.loads(seen)["mcpOAuth"] == {"k": "v"}
+
+
+@pytest.mark.integration
+def test_no_secrets_daemon_on_the_bus_is_an_error_not_a_hang(no_keyring_bus: RealKeyring,
+                                                             calls: KeychainCalls) -> None:
+    assert not no_keyring_bus.has_owner()
+    store = KeychainStore(secret_service(), calls=calls)
+    started = time.monotonic()
+    reading = store.read()
+    assert reading.state is ReadState.ERROR
+    assert "org.freedesktop.secrets" in reading.detail or "InitError" in reading.detail
+    with pytest.raises(KeychainUnavailable):
+        store.write(cred(1))
+    assert time.monotonic() - started < FAST_S
+
+
+@pytest.mark.integration
+def test_no_session_bus_at_all_is_an_error_not_a_hang(tmp_path: Path,
+                                                      calls: KeychainCalls) -> None:
+    nowhere = f"unix:path={tmp_path}/no-such-bus"
+    with environ_overlay({"DBUS_SESSION_BUS_ADDRESS": nowhere}):
+        store = KeychainStore(secret_service(), calls=calls)
+        started = time.monotonic()
+        reading = store.read()
+        with pytest.raises(KeychainUnavailable) as raised:
+            store.write(cred(1))
+        assert time.monotonic() - started < FAST_S
+    assert reading.state is ReadState.ERROR and reading.detail
+    assert raised.value.__cause__ is not None  # mapped with raise ... from
+
+
+@pytest.mark.integration
+def test_the_store_recovers_when_the_daemon_dies_and_comes_back(real_keyring: RealKeyring,
+                                                                calls: KeychainCalls) -> None:
+    store = KeychainStore(secret_service(), calls=calls)
+    store.write(cred(1))
+    real_keyring.stop_daemon()
+    gone = store.read()
+    assert gone.state is ReadState.ERROR and gone.detail
+    with pytest.raises(KeychainUnavailable):
+        store.write(cred(2))
+    real_keyring.start_daemon()
+    back = store.read().valid
+    assert back is not None and back.same_tokens(cred(1))  # kept on disk while it was away
+    assert store.write(cred(2)) is True
+    seen = real_keyring.lookup("credsync", "claude-code")
+    assert seen is not None and json.loads(seen)["claudeAiOauth"] == cred(2).to_json_obj()
+
+
+@pytest.mark.integration
+def test_a_locked_collection_is_reported_and_not_written(real_keyring: RealKeyring,
+                                                         calls: KeychainCalls) -> None:
+    store = KeychainStore(secret_service(), calls=calls)
+    store.write(cred(1))
+    real_keyring.lock()
+    reading = store.read()
+    assert reading.state is ReadState.ERROR
+    assert "KeyringLocked" in reading.detail
+    with pytest.raises(KeychainUnavailable, match="KeyringLocked"):
+        store.write(cred(2))
+
+
+@pytest.mark.integration
+def test_the_fixture_leaves_no_process_behind() -> None:
+    with private_keyring() as keyring:
+        procs = keyring.processes()
+        assert len(procs) == 2 and all(p.poll() is None for p in procs)
+    assert all(p.poll() is not None for p in procs)
+
+
+# --- a keychain stuck on an unlock prompt -------------------------------------------------------
+
+def test_a_stuck_backend_fails_within_the_deadline_and_then_fast() -> None:
+    backend = BlockingKeyring()
+    worker = KeychainCalls(timeout_s=0.3)
+    store = KeychainStore(backend, calls=worker)
+    try:
+        started = time.monotonic()
+        reading = store.read()
+        took = time.monotonic() - started
+        assert reading.state is ReadState.ERROR and "0.3 s" in reading.detail
+        assert 0.3 <= took < 0.3 + 0.5
+        started = time.monotonic()
+        with pytest.raises(KeychainUnavailable, match="earlier call"):
+            store.write(cred(1))  # does not queue behind the stuck call
+        assert time.monotonic() - started < 0.1
+        assert store.read().state is ReadState.ERROR
+    finally:
+        backend.release()
+    deadline = time.monotonic() + 5
+    while store.read().state is ReadState.ERROR:  # the stuck call returns, the worker is free
+        assert time.monotonic() < deadline
+    assert store.write(cred(1)) is True
+    assert store.read().state is ReadState.VALID
+    worker.close()
+
+
+def test_close_stops_the_worker_thread() -> None:
+    worker = KeychainCalls(timeout_s=1)
+    store = KeychainStore(MemoryKeyring(), calls=worker)
+    assert not worker.running  # started by the first call, not before
+    store.write(cred(1))
+    assert worker.running
+    store.close()
+    assert not worker.running
+    assert store.read().state is ReadState.ERROR  # closed: an error, not a hang
+
+
+class RaisingBackend(MemoryKeyring):
+    def __init__(self, exc: Exception) -> None:
+        super().__init__()
+        self.exc = exc
+
+    def get_password(self, service: str, username: str) -> str | None:
+        raise self.exc
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("no bus"), OSError(111, "Connection refused"),
+                                 ValueError("bad address")])
+def test_every_backend_error_becomes_keychain_unavailable(exc: Exception,
+                                                         calls: KeychainCalls) -> None:
+    store = KeychainStore(RaisingBackend(exc), calls=calls)
+    assert store.read().state is ReadState.ERROR
+    with pytest.raises(KeychainUnavailable) as raised:
+        store.write(cred(1))
+    assert raised.value.__cause__ is exc
+
+
+# --- what a write does --------------------------------------------------------------------------
+
+def test_a_write_compares_first_and_merges(calls: KeychainCalls) -> None:
+    backend = MemoryKeyring()
+    store = KeychainStore(backend, "svc", "acct", calls=calls)
+    backend.set_password("svc", "acct", json.dumps({"claudeAiOauth": cred(1).to_json_obj(),
+                                                    "other": {"a": 1}}))
+    assert store.write(cred(1)) is False
+    assert store.write(cred(2)) is True
+    assert json.loads(backend.items[("svc", "acct")]) == {
+        "claudeAiOauth": cred(2).to_json_obj(), "other": {"a": 1}}
+    with pytest.raises(StoreError):
+        store.write(Credential.build("", "", 0))
+    assert store.delete() is True and store.delete() is False
+    assert store.read().state is ReadState.MISSING
+
+
+# --- the allow-list -----------------------------------------------------------------------------
+
+class PlaintextKeyring:
+    """Like keyrings.alt's file backend: a secret in a plain file (not a KeyringBackend
+    subclass, so that keyring's registry of backends stays untouched)."""
+
+    def get_password(self, service: str, username: str) -> str | None:
+        return None
+
+    def set_password(self, service: str, username: str, password: str) -> None: ...
+
+    def delete_password(self, service: str, username: str) -> None: ...
+
+
+@pytest.mark.parametrize("backend", [fail.Keyring(), null.Keyring(),  # type: ignore[no-untyped-call]
+                                     PlaintextKeyring(), MemoryKeyring()],
+                         ids=["fail", "null", "plaintext", "memory"])
+def test_the_allow_list_rejects_what_is_not_a_keychain(backend: object) -> None:
+    with pytest.raises(KeychainUnavailable, match="not an OS keychain"):
+        check_backend(backend)
+
+
+def test_the_allow_list_takes_the_real_keychains() -> None:
+    check_backend(secret_service())
+    for platform, name in [("linux", "SecretService.Keyring"), ("darwin", "macOS.Keyring"),
+                           ("win32", "Windows.WinVaultKeyring")]:
+        backend = system_backend(platform=platform, env={})
+        assert f"{type(backend).__module__}.{type(backend).__qualname__}".endswith(name)
+
+
+@pytest.mark.parametrize("name", ["keyrings.alt.file.PlaintextKeyring",
+                                  "keyring.backends.fail.Keyring", "no.such.Backend"])
+def test_a_configured_backend_outside_the_list_is_refused(name: str) -> None:
+    with pytest.raises(KeychainUnavailable, match="not an OS keychain"):
+        system_backend(platform="linux", env={"PYTHON_KEYRING_BACKEND": name})
+
+
+def test_an_unusable_keychain_still_gives_a_store_that_says_why(calls: KeychainCalls) -> None:
+    env = {"PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring"}
+    backend = backend_or_unavailable(platform="linux", env=env)
+    assert isinstance(backend, UnavailableBackend)
+    store = KeychainStore(backend, calls=calls)
+    reading = store.read()
+    assert reading.state is ReadState.ERROR and "not an OS keychain" in reading.detail
+    with pytest.raises(KeychainUnavailable, match="not an OS keychain"):
+        store.write(cred(1))
+    assert not isinstance(backend_or_unavailable(platform="linux", env={}), UnavailableBackend)
+
+
+def test_the_public_surface_is_listed() -> None:
+    assert sorted(keychain.__all__) == sorted(set(keychain.__all__))
+    assert all(hasattr(keychain, name) for name in keychain.__all__)
+
+
+def test_a_chainer_passes_only_when_all_its_members_do() -> None:
+    def chain(*members: object) -> object:
+        # Defined per call: keyring's chainer discovers its members through a class property.
+        cls = type("FixedChainer", (chainer.ChainerBackend,),
+                   {"priority": -1, "backends": list(members)})
+        return cls()
+
+    check_backend(chain(secret_service()))
+    with pytest.raises(KeychainUnavailable):
+        check_backend(chain(secret_service(), PlaintextKeyring()))
+    with pytest.raises(KeychainUnavailable):
+        check_backend(chain())
+
+
+# --- which item ---------------------------------------------------------------------------------
+
+HOME = Path("/Users/ann")
+
+
+def test_macos_default_dir_uses_the_plain_service() -> None:
+    assert macos_service_name(HOME / ".claude", {}, HOME) == "Claude Code-credentials"
+    # An empty CLAUDE_SECURESTORAGE_CONFIG_DIR means the default.
+    env = {"CLAUDE_SECURESTORAGE_CONFIG_DIR": "", "CLAUDE_CONFIG_DIR": "/elsewhere"}
+    assert macos_service_name(HOME / ".claude", env, HOME) == "Claude Code-credentials"
+
+
+def test_macos_named_or_other_dir_gets_the_hashed_service() -> None:
+    # CLAUDE_CONFIG_DIR set, even to the default: hashed. Pinned: sha256("/Users/ann/.claude").
+    named = {"CLAUDE_CONFIG_DIR": "/Users/ann/.claude"}
+    assert macos_service_name(HOME / ".claude", named, HOME) == "Claude Code-credentials-5b67e67f"
+    other = HOME / "work" / ".claude"
+    want = "Claude Code-credentials-" + hashlib.sha256(str(other).encode()).hexdigest()[:8]
+    assert macos_service_name(other, {}, HOME) == want
+    assert macos_service_name(other, {"CLAUDE_SECURESTORAGE_CONFIG_DIR": str(other)}, HOME) == want
+
+
+def test_the_account_is_user_else_the_os_user() -> None:
+    assert keychain_account({"USER": "ann"}) == "ann"
+    assert keychain_account({}) != ""
+
+
+def test_macos_gets_one_store_per_config_dir_sharing_one_worker(calls: KeychainCalls) -> None:
+    dirs = [HOME / ".claude", HOME / "a" / ".claude", HOME / "b" / ".claude", HOME / ".claude"]
+    stores = keychain_stores(dirs, MemoryKeyring(), platform="darwin", env={"USER": "ann"},
+                             home=HOME, calls=calls)
+    assert stores[0].service == "Claude Code-credentials"
+    assert len({s.service for s in stores}) == len(stores) == 3
+    assert {s.account for s in stores} == {"ann"}
+    assert all(s.name == f"keychain:{s.service}" for s in stores)
+
+
+def test_elsewhere_one_item_of_credsyncs_own(calls: KeychainCalls) -> None:
+    stores = keychain_stores([HOME / "a", HOME / "b"], MemoryKeyring(), platform="linux",
+                             calls=calls)
+    assert [(s.name, s.service, s.account) for s in stores] == [
+        ("keychain", "credsync", "claude-code")]

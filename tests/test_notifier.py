@@ -1,0 +1,443 @@
+"""Delivery: real dunst on Xvfb, a bus with no server, a real command, a real HTTP server."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.alerts import AlertPolicy, AuthObservation, Notice
+from agent.clock import FakeClock
+from agent.config import NotifySection
+from agent.notifier import (
+    AssumeReachable,
+    ChannelReport,
+    CommandNotifier,
+    DBusNotificationProbe,
+    DeliveryReport,
+    DesktopNotifier,
+    FanoutNotifier,
+    Outcome,
+    ProbeResult,
+    WebhookNotifier,
+    build_notifier,
+    command_env,
+)
+from tests.realdesktop import (  # noqa: F401
+    RealDesktop,
+    Session,
+    bus_without_server_fixture,
+    environ_overlay,
+    real_desktop_fixture,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+DIRS = ("/home/u/.claude", "/home/u/work/.claude")
+
+
+def artifacts_dir() -> Path:
+    return Path(os.environ.get("CREDSYNC_ARTIFACTS") or REPO / "artifacts")
+
+
+def notice(title: str = "Claude Code needs a new login: run claude auth login",
+           urgency: str = "critical", event: str = "relogin-required") -> Notice:
+    body = ("Refresh rejected: credsync cannot renew the Claude login any more. To fix it, run "
+            "`claude auth login`.\nAffected config dirs: " + ", ".join(DIRS) + ".")
+    return Notice(event, title, body, urgency, DIRS, 1_800_000_000.0)  # type: ignore[arg-type]
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+# -- a real HTTP server on 127.0.0.1 ------------------------------------------------------------
+
+
+@dataclass
+class Hook:
+    url: str
+    received: queue.Queue[dict[str, Any]] = field(default_factory=queue.Queue)
+    status: int = 204
+    hang: threading.Event | None = None  # set: answer; unset: hold the request (a stuck server)
+
+
+@pytest.fixture
+def webhook_server() -> Iterator[Hook]:
+    hook = Hook(url="")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", 0))
+            payload = json.loads(self.rfile.read(length))
+            hook.received.put({"path": self.path, "type": self.headers.get("Content-Type"),
+                               "json": payload})
+            if hook.hang is not None:
+                hook.hang.wait(timeout=10)
+            self.send_response(hook.status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    hook.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/SECRET-path-token"
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield hook
+    finally:
+        if hook.hang is not None:
+            hook.hang.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+ENV_DUMP = ("import json, os, sys\n"
+            "keys = [k for k in os.environ if k.startswith('CREDSYNC_') or 'TOKEN' in k]\n"
+            "json.dump({k: os.environ[k] for k in keys}, open(sys.argv[1], 'w'))\n")
+
+
+def env_dumper(tmp_path: Path) -> tuple[list[str], Path]:
+    script, out = tmp_path / "dump_env.py", tmp_path / "env.json"
+    script.write_text(ENV_DUMP)
+    return [sys.executable, str(script), str(out)], out
+
+
+# -- fakes for the fan-out's logic ------------------------------------------------------------
+
+
+class FakeChannel:
+    def __init__(self, name: str, outcome: Outcome = Outcome.SENT, boom: bool = False) -> None:
+        self.name = name
+        self.outcome = outcome
+        self.boom = boom
+        self.sent: list[Notice] = []
+        self.closed = False
+
+    def send(self, n: Notice) -> DeliveryReport:
+        self.sent.append(n)
+        if self.boom:
+            raise RuntimeError("channel broke")
+        return DeliveryReport((ChannelReport(self.name, self.outcome),))
+
+    def close(self) -> None:
+        self.closed = True
+        if self.boom:
+            raise RuntimeError("close broke")
+
+
+class FixedProbe:
+    def __init__(self, reachable: bool) -> None:
+        self.reachable = reachable
+        self.calls = 0
+
+    def check(self) -> ProbeResult:
+        self.calls += 1
+        return ProbeResult(self.reachable, "" if self.reachable else "no server (fake)")
+
+
+# -- fan-out ----------------------------------------------------------------------------------
+
+
+def test_fanout_tries_every_channel_in_order_and_reports_each(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="agent.notifier")
+    desktop = FakeChannel("desktop", Outcome.UNREACHABLE)
+    command, webhook = FakeChannel("command"), FakeChannel("webhook", Outcome.FAILED)
+    fanout = FanoutNotifier([desktop, command, webhook])
+    report = fanout.send(notice())
+    assert [r.channel for r in report.results] == ["desktop", "command", "webhook"]
+    assert report.outcome("command") is Outcome.SENT and report.delivered
+    assert all(len(c.sent) == 1 for c in (desktop, command, webhook))
+    assert "relogin-required [critical]" in caplog.text
+    assert "desktop=unreachable, command=sent, webhook=failed" in caplog.text
+
+
+def test_fanout_never_raises_and_reports_a_broken_channel(
+        caplog: pytest.LogCaptureFixture) -> None:
+    broken, after = FakeChannel("desktop", boom=True), FakeChannel("command", Outcome.FAILED)
+    fanout = FanoutNotifier([broken, after])
+    report = fanout.send(notice())
+    assert report.results == (ChannelReport("desktop", Outcome.FAILED, "RuntimeError"),
+                              ChannelReport("command", Outcome.FAILED))
+    assert not report.delivered
+    assert "reached no channel" in caplog.text
+    fanout.close()
+    assert broken.closed and after.closed
+
+
+def test_build_notifier_follows_the_notify_section() -> None:
+    assert build_notifier(NotifySection()).channels == ("desktop",)
+    full = NotifySection(command=["true"], webhook="https://example.invalid/x")
+    assert build_notifier(full).channels == ("desktop", "command", "webhook")
+    assert build_notifier(NotifySection(desktop=False)).channels == ()
+    assert DeliveryReport().delivered is False and str(DeliveryReport()) == "no channel configured"
+
+
+def test_command_env_carries_the_notice_and_withholds_secrets() -> None:
+    base = {"PATH": "/usr/bin", "CLAUDE_CODE_OAUTH_TOKEN": "sk-ant-oat01-x",
+            "CREDSYNC_REFRESH__CLIENT_SECRET": "s3cret", "credsync_config": "/x"}
+    env = command_env(base, notice())
+    assert env["PATH"] == "/usr/bin"
+    assert "CLAUDE_CODE_OAUTH_TOKEN" not in env and "credsync_config" not in env
+    assert "s3cret" not in env.values()
+    assert env["CREDSYNC_EVENT"] == "relogin-required"
+    assert env["CREDSYNC_URGENCY"] == "critical"
+    assert env["CREDSYNC_AFFECTED_DIRS"] == os.pathsep.join(DIRS)
+    assert env["CREDSYNC_TIME"] == "2027-01-15T08:00:00+00:00"
+
+
+def test_desktop_does_not_touch_the_library_when_the_probe_says_no_server() -> None:
+    probe = FixedProbe(False)
+    desktop = DesktopNotifier(probe)
+    report = desktop.send(notice())
+    assert report.results == (ChannelReport("desktop", Outcome.UNREACHABLE, "no server (fake)"),)
+    assert probe.calls == 1
+
+
+def test_probe_without_any_session_bus_says_unreachable() -> None:
+    with environ_overlay({"DBUS_SESSION_BUS_ADDRESS": None, "DISPLAY": None}):
+        result = DBusNotificationProbe().check()
+    assert not result.reachable and "no session bus" in result.detail
+
+
+def test_probe_of_a_bus_that_is_gone_says_unreachable_quickly(tmp_path: Path) -> None:
+    with environ_overlay({"DBUS_SESSION_BUS_ADDRESS": f"unix:path={tmp_path}/gone"}):
+        started = time.monotonic()
+        result = DBusNotificationProbe(timeout_s=1.0).check()
+    assert not result.reachable
+    assert time.monotonic() - started < 1.0
+
+
+# -- command ----------------------------------------------------------------------------------
+
+
+def test_command_runs_with_the_notice_in_its_environment(tmp_path: Path) -> None:
+    argv, out = env_dumper(tmp_path)
+    report = CommandNotifier(argv, base_env={"CLAUDE_CODE_OAUTH_TOKEN": "sk-x"}).send(notice())
+    assert report.outcome("command") is Outcome.SENT
+    env = json.loads(out.read_text())
+    assert env["CREDSYNC_TITLE"] == notice().title
+    assert env["CREDSYNC_BODY"] == notice().body
+    assert (env["CREDSYNC_EVENT"], env["CREDSYNC_URGENCY"]) == ("relogin-required", "critical")
+    assert "CLAUDE_CODE_OAUTH_TOKEN" not in env
+
+
+def test_command_failures_are_reported_not_raised(tmp_path: Path) -> None:
+    failing = CommandNotifier([sys.executable, "-c", "import sys; sys.exit('no route to pager')"])
+    report = failing.send(notice())
+    assert report.outcome("command") is Outcome.FAILED
+    assert "exited with 1: no route to pager" in report.results[0].detail
+    missing = CommandNotifier([str(tmp_path / "no-such-program")]).send(notice())
+    assert missing.outcome("command") is Outcome.FAILED
+    assert "cannot start" in missing.results[0].detail
+    with pytest.raises(ValueError):
+        CommandNotifier([])
+
+
+@pytest.mark.integration
+def test_a_hanging_command_and_its_children_are_killed_at_the_timeout(tmp_path: Path) -> None:
+    pidfile = tmp_path / "child.pid"
+    # A child that would keep running (and hold a pipe) after its parent: killed with the group.
+    argv = ["sh", "-c", f"sleep 60 & echo $! > {pidfile}; wait"]
+    started = time.monotonic()
+    report = CommandNotifier(argv, timeout_s=0.5).send(notice())
+    assert time.monotonic() - started < 5
+    assert report.outcome("command") is Outcome.FAILED and "killed" in report.results[0].detail
+    child = int(pidfile.read_text())
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{child}").exists() and "Z" not in _proc_state(child):
+        assert time.monotonic() < deadline, "the command's child outlived the timeout"
+        time.sleep(0.01)  # polling a condition with a deadline
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return "Z"
+
+
+# -- webhook ----------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_webhook_posts_the_notice_as_json(webhook_server: Hook) -> None:
+    hook = WebhookNotifier(webhook_server.url)
+    try:
+        report = hook.send(notice())
+    finally:
+        hook.close()
+    assert report.outcome("webhook") is Outcome.SENT
+    got = webhook_server.received.get(timeout=5)
+    assert got["path"] == "/hooks/SECRET-path-token"
+    assert got["type"] == "application/json"
+    assert got["json"] == {
+        "source": "credsync", "event": "relogin-required", "title": notice().title,
+        "body": notice().body, "urgency": "critical", "affected_config_dirs": list(DIRS),
+        "time": "2027-01-15T08:00:00+00:00"}
+
+
+@pytest.mark.integration
+def test_webhook_errors_are_reported_without_the_secret_part_of_the_url(
+        webhook_server: Hook) -> None:
+    webhook_server.status = 500
+    hook = WebhookNotifier(webhook_server.url)
+    report = hook.send(notice())
+    hook.close()
+    detail = report.results[0].detail
+    assert report.outcome("webhook") is Outcome.FAILED and detail.startswith("HTTP 500 from ")
+    assert "SECRET" not in detail and "127.0.0.1" in detail
+
+
+@pytest.mark.integration
+def test_webhook_to_a_stuck_server_gives_up_at_its_timeout(webhook_server: Hook) -> None:
+    webhook_server.hang = threading.Event()
+    hook = WebhookNotifier(webhook_server.url, timeout_s=0.5)
+    started = time.monotonic()
+    report = hook.send(notice())
+    hook.close()
+    assert time.monotonic() - started < 5
+    assert report.outcome("webhook") is Outcome.FAILED
+    assert "Timeout" in report.results[0].detail and "SECRET" not in report.results[0].detail
+
+
+# -- real dunst on Xvfb -----------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_critical_notice_is_shown_by_dunst_with_summary_body_and_urgency(
+        real_desktop: RealDesktop) -> None:
+    desktop = DesktopNotifier()
+    try:
+        report = desktop.send(notice())
+    finally:
+        desktop.close()
+    assert report.results == (ChannelReport("desktop", Outcome.SENT),)
+    shown = real_desktop.wait_for(notice().title)
+    assert shown == {"DUNST_APP_NAME": "credsync", "DUNST_SUMMARY": notice().title,
+                     "DUNST_BODY": notice().body, "DUNST_URGENCY": "CRITICAL"}
+    shot = real_desktop.screenshot(artifacts_dir() / "notification.png")
+    data = shot.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 1000
+
+
+@pytest.mark.integration
+def test_policy_to_screen_restored_notice_is_normal_urgency(real_desktop: RealDesktop) -> None:
+    clock = FakeClock()
+    policy = AlertPolicy(NotifySection(), clock)
+    fanout = build_notifier(NotifySection())
+    try:
+        sent = [fanout.send(n) for n in policy.observe(AuthObservation(
+            relogin_required=True, reason="refresh rejected", affected_dirs=DIRS,
+            since=clock.now(), login_fingerprint="fp-old"))]
+        sent += [fanout.send(n) for n in policy.observe(AuthObservation(
+            relogin_required=False, valid_login_fingerprint="fp-new"))]
+    finally:
+        fanout.close()
+    assert [r.delivered for r in sent] == [True, True]
+    assert real_desktop.wait_for("Claude Code needs a new login: run claude auth login")[
+        "DUNST_URGENCY"] == "CRITICAL"
+    assert real_desktop.wait_for("Claude Code sessions restored")["DUNST_URGENCY"] == "NORMAL"
+
+
+@pytest.mark.integration
+def test_command_fires_alongside_a_reachable_desktop(real_desktop: RealDesktop,
+                                                     tmp_path: Path) -> None:
+    argv, out = env_dumper(tmp_path)
+    fanout = FanoutNotifier([DesktopNotifier(), CommandNotifier(argv)])
+    try:
+        report = fanout.send(notice(title="both channels"))
+    finally:
+        fanout.close()
+    assert str(report) == "desktop=sent, command=sent"
+    assert real_desktop.wait_for("both channels")["DUNST_APP_NAME"] == "credsync"
+    assert json.loads(out.read_text())["CREDSYNC_TITLE"] == "both channels"
+
+
+@pytest.mark.integration
+def test_server_gone_after_a_send_is_seen_by_the_next_probe(real_desktop: RealDesktop) -> None:
+    desktop = DesktopNotifier()
+    try:
+        assert desktop.send(notice(title="first")).delivered
+        dunst = real_desktop.procs[-1]
+        dunst.terminate()
+        dunst.wait(timeout=5)
+        report = desktop.send(notice(title="second"))
+    finally:
+        desktop.close()
+    assert report.outcome("desktop") is Outcome.UNREACHABLE
+    assert "org.freedesktop.Notifications" in report.results[0].detail
+
+
+# -- no server: the fallbacks -----------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_no_server_probe_is_quick_and_command_and_webhook_fire(
+        bus_without_server: Session, webhook_server: Hook, tmp_path: Path) -> None:
+    started = time.monotonic()
+    probe = DBusNotificationProbe().check()
+    assert time.monotonic() - started < 0.5
+    assert not probe.reachable and "no org.freedesktop.Notifications" in probe.detail
+
+    argv, out = env_dumper(tmp_path)
+    settings = NotifySection(command=argv, webhook=webhook_server.url)
+    fanout = build_notifier(settings)
+    try:
+        report = fanout.send(notice())
+    finally:
+        fanout.close()
+    assert [(r.channel, r.outcome) for r in report.results] == [
+        ("desktop", Outcome.UNREACHABLE), ("command", Outcome.SENT), ("webhook", Outcome.SENT)]
+    env = json.loads(out.read_text())
+    assert (env["CREDSYNC_EVENT"], env["CREDSYNC_TITLE"]) == ("relogin-required", notice().title)
+    assert env["CREDSYNC_BODY"] == notice().body and env["CREDSYNC_URGENCY"] == "critical"
+    got = webhook_server.received.get(timeout=5)["json"]
+    assert (got["event"], got["title"], got["urgency"]) == (
+        "relogin-required", notice().title, "critical")
+
+
+@pytest.mark.integration
+def test_200_sends_with_no_server_keep_the_fd_count_flat(bus_without_server: Session) -> None:
+    desktop = DesktopNotifier()
+    try:
+        desktop.send(notice())  # warm-up: imports and lazily created objects
+        before = open_fds()
+        reports = [desktop.send(notice()) for _ in range(200)]
+        after = open_fds()
+    finally:
+        desktop.close()
+    assert {r.outcome("desktop") for r in reports} == {Outcome.UNREACHABLE}
+    assert after - before <= 2
+
+
+@pytest.mark.integration
+def test_failed_library_sends_do_not_leak_fds_either(bus_without_server: Session,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    # A probe that wrongly says yes: every send reaches the library and fails there; the
+    # library would leak one fd per failure if its loop were kept.
+    caplog.set_level(logging.CRITICAL, logger="desktop_notifier")
+    desktop = DesktopNotifier(AssumeReachable())
+    try:
+        desktop.send(notice())
+        before = open_fds()
+        reports = [desktop.send(notice()) for _ in range(200)]
+        after = open_fds()
+    finally:
+        desktop.close()
+    assert {r.outcome("desktop") for r in reports} == {Outcome.FAILED}
+    assert after - before <= 2

@@ -1,0 +1,252 @@
+"""One contract for the Store interface, run against every implementation.
+
+Subjects: the CLI's credential file, the cache-file sink in each format, the keychain store on
+an in-memory keyring, and the keychain store on a real gnome-keyring (integration).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from keyring.backends import SecretService
+
+from agent.credential import Credential, ReadState
+from agent.errors import StoreError
+from agent.fsutil import stat_signature
+from agent.stores.base import Store
+from agent.stores.claude_file import ClaudeFileStore
+from agent.stores.keychain import KeychainBackend, KeychainCalls, KeychainStore, MemoryKeyring
+from agent.stores.sink import SinkStore
+from tests.realkeyring import real_keyring_fixture  # noqa: F401
+
+BASE_MS = 1_900_000_000_000
+OTHER_KEYS: dict[str, Any] = {
+    "mcpOAuth": {"server|abc": {"accessToken": "mcp-secret", "expiresAt": 5}},
+    "someFutureKey": [1, 2.5, None, True, "x"],
+}
+
+
+def cred(n: int, **extra: Any) -> Credential:
+    return Credential.build(f"at-{n}", f"rt-{n}", BASE_MS + n * 3_600_000,
+                            scopes=["user:inference"], **extra)
+
+
+class CountingBackend:
+    """Counts the writes that reach the keychain."""
+
+    def __init__(self, inner: KeychainBackend) -> None:
+        self.inner = inner
+        self.sets = 0
+
+    def get_password(self, service: str, username: str) -> str | None:
+        return self.inner.get_password(service, username)
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        self.sets += 1
+        self.inner.set_password(service, username, password)
+
+    def delete_password(self, service: str, username: str) -> None:
+        self.inner.delete_password(service, username)
+
+
+@dataclass
+class Subject:
+    store: Store
+    footprint: Callable[[], object]  # changes whenever the store is physically written
+    raw: Callable[[], str | None]  # the stored bytes/secret, as text
+    seed: Callable[[str], None]  # put a raw document there, as another writer would
+    token_only: bool = False  # a sink holds only the access token
+    file: Path | None = None
+    documents: bool = True  # holds the CLI's whole JSON document
+
+
+def _file_subject(store: Store, path: Path, token_only: bool, documents: bool) -> Subject:
+    def raw() -> str | None:
+        return path.read_text() if path.exists() else None
+
+    def seed(text: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+    return Subject(store, lambda: stat_signature(path), raw, seed, token_only, path, documents)
+
+
+def _keychain_subject(backend: KeychainBackend) -> Subject:
+    counting = CountingBackend(backend)
+    store = KeychainStore(counting, calls=KeychainCalls(timeout_s=5.0))
+    return Subject(store, lambda: counting.sets,
+                   lambda: backend.get_password(store.service, store.account),
+                   lambda text: backend.set_password(store.service, store.account, text))
+
+
+def _build(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Subject:
+    if kind == "claude-file":
+        config_dir = tmp_path / "config"
+        config_dir.mkdir()
+        store = ClaudeFileStore(config_dir)
+        return _file_subject(store, store.path, token_only=False, documents=True)
+    if kind.startswith("sink-"):
+        fmt = kind.removeprefix("sink-")
+        path = tmp_path / "cache" / "session" / f"token.{fmt}"  # parent does not exist yet
+        return _file_subject(SinkStore(path, fmt), path, token_only=fmt != "claude",
+                             documents=fmt == "claude")
+    if kind == "keychain-memory":
+        return _keychain_subject(MemoryKeyring())
+    request.getfixturevalue("real_keyring")
+    return _keychain_subject(SecretService.Keyring())  # type: ignore[no-untyped-call]
+
+
+ALL = [
+    "claude-file", "sink-claude", "sink-access-token", "sink-env", "sink-json",
+    "keychain-memory",
+    pytest.param("keychain-real", marks=pytest.mark.integration),
+]
+FILES = ["claude-file", "sink-claude", "sink-access-token", "sink-env", "sink-json"]
+DOCUMENTS = ["claude-file", "sink-claude", "keychain-memory",
+             pytest.param("keychain-real", marks=pytest.mark.integration)]
+SOURCES = ["claude-file", "keychain-memory",
+           pytest.param("keychain-real", marks=pytest.mark.integration)]
+
+
+@pytest.fixture
+def subject(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Subject]:
+    built = _build(request.param, tmp_path, request)
+    yield built
+    if isinstance(built.store, KeychainStore):
+        built.store.close()
+
+
+def _same_credential(subject: Subject, got: Credential | None, want: Credential) -> None:
+    assert got is not None
+    assert got.access_token == want.access_token
+    if not subject.token_only:
+        assert got.same_tokens(want)
+
+
+@pytest.mark.parametrize("subject", ALL, indirect=True)
+def test_empty_store_reads_missing(subject: Subject) -> None:
+    reading = subject.store.read()
+    assert reading.state is ReadState.MISSING
+    assert reading.credential is None
+
+
+@pytest.mark.parametrize("subject", ALL, indirect=True)
+def test_write_then_read_gives_the_credential(subject: Subject) -> None:
+    assert subject.store.write(cred(1)) is True
+    reading = subject.store.read()
+    assert reading.state is ReadState.VALID
+    _same_credential(subject, reading.credential, cred(1))
+
+
+@pytest.mark.parametrize("subject", ALL, indirect=True)
+def test_writing_the_same_credential_again_writes_nothing(subject: Subject) -> None:
+    assert subject.store.write(cred(1)) is True
+    before, content = subject.footprint(), subject.raw()
+    assert subject.store.write(cred(1)) is False
+    assert subject.footprint() == before  # same inode and mtime / no set_password call
+    assert subject.raw() == content
+
+
+BLANKS = [
+    Credential.build("", "", 0),
+    Credential.build("at-x", "", BASE_MS),
+    Credential.build("", "rt-x", BASE_MS),
+    Credential.build("at-x", "rt-x", 0),
+]
+
+
+@pytest.mark.parametrize("blank", BLANKS, ids=["cleared", "no-refresh", "no-access", "no-expiry"])
+@pytest.mark.parametrize("subject", ALL, indirect=True)
+def test_blank_credential_is_refused_and_nothing_changes(subject: Subject,
+                                                         blank: Credential) -> None:
+    with pytest.raises(StoreError):
+        subject.store.write(blank)
+    assert subject.store.read().state is ReadState.MISSING
+    subject.store.write(cred(1))
+    before, content = subject.footprint(), subject.raw()
+    with pytest.raises(StoreError):
+        subject.store.write(blank)
+    assert (subject.footprint(), subject.raw()) == (before, content)
+    _same_credential(subject, subject.store.read().valid, cred(1))
+
+
+@pytest.mark.parametrize("subject", ALL, indirect=True)
+def test_a_fresher_credential_replaces_an_older_one(subject: Subject) -> None:
+    subject.store.write(cred(1))
+    assert subject.store.write(cred(2)) is True
+    _same_credential(subject, subject.store.read().valid, cred(2))
+
+
+@pytest.mark.parametrize("subject", SOURCES, indirect=True)
+def test_a_source_never_goes_backwards(subject: Subject) -> None:
+    subject.store.write(cred(2))
+    before = subject.footprint()
+    assert subject.store.write(cred(1)) is False
+    assert subject.footprint() == before
+    _same_credential(subject, subject.store.read().valid, cred(2))
+
+
+@contextlib.contextmanager
+def umask(mask: int) -> Iterator[None]:
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("subject", FILES, indirect=True)
+def test_files_are_private_whatever_the_umask(subject: Subject) -> None:
+    assert subject.file is not None
+    with umask(0):
+        subject.store.write(cred(1))
+        assert stat.S_IMODE(subject.file.stat().st_mode) == 0o600
+        subject.store.write(cred(2))  # a rewrite too
+    assert stat.S_IMODE(subject.file.stat().st_mode) == 0o600
+    if isinstance(subject.store, SinkStore):
+        assert stat.S_IMODE(subject.file.parent.stat().st_mode) == 0o700
+        assert stat.S_IMODE(subject.file.parent.parent.stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("subject", DOCUMENTS, indirect=True)
+def test_unknown_keys_of_the_document_are_kept(subject: Subject) -> None:
+    subject.seed(json.dumps({"claudeAiOauth": cred(1).to_json_obj(), **OTHER_KEYS}))
+    assert subject.store.write(cred(2)) is True
+    text = subject.raw()
+    assert text is not None
+    doc = json.loads(text)
+    assert doc == {"claudeAiOauth": cred(2).to_json_obj(), **OTHER_KEYS}
+
+
+@pytest.mark.parametrize("subject", DOCUMENTS, indirect=True)
+def test_garbage_reads_invalid_and_is_replaced_whole(subject: Subject) -> None:
+    subject.seed('{"claudeAiOauth": {"accessToken": "at-')
+    assert subject.store.read().state is ReadState.INVALID
+    assert subject.store.write(cred(1)) is True
+    _same_credential(subject, subject.store.read().valid, cred(1))
+
+
+@pytest.mark.parametrize("subject", DOCUMENTS, indirect=True)
+def test_cleared_form_reads_cleared_and_is_restored(subject: Subject) -> None:
+    subject.seed(json.dumps({"claudeAiOauth": {"accessToken": "", "refreshToken": "",
+                                               "expiresAt": 0}, **OTHER_KEYS}))
+    assert subject.store.read().state is ReadState.CLEARED
+    assert subject.store.write(cred(1)) is True
+    _same_credential(subject, subject.store.read().valid, cred(1))
+
+
+@pytest.mark.parametrize("subject", ALL, indirect=True)
+def test_the_store_describes_itself(subject: Subject) -> None:
+    store = subject.store
+    assert store.name and store.location
+    assert store.kind in ("claude-file", "sink", "keychain")
+    assert store.is_source is (store.kind != "sink")
+    assert (store.watch_path is None) is (store.kind == "keychain")
