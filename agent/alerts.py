@@ -7,6 +7,7 @@ Rules (issue 4):
 - Re-login required: one critical notice per login (credential fingerprint), then one reminder
   every ``remind_every_h`` while it lasts, never more often, whatever the agent observes in between.
   While an alert is active, failures of further logins join it (same fix, same notice stream).
+  A failure that names no login (every store cleared) is blamed on the last login seen valid.
 - Ahead of time: while the current login's refresh token ends within ``warn_before_days``, one
   normal-urgency notice per 24 hours saying when it ends and how to renew it.
 - Recovered: the first valid login whose fingerprint the alert did not declare dead clears the

@@ -114,6 +114,13 @@ def status(config_path: Path | None, as_json: bool) -> None:
             click.echo(render_text(report))
 
 
+def quiet_logging(settings: Any) -> None:
+    """One-shot commands log to the log file only: their output is one line (or the token)."""
+    from agent.logsetup import setup_logging
+
+    setup_logging(settings.agent.log_level, settings.agent.log_file, stderr=False)
+
+
 @main.command()
 @config_option
 def token(config_path: Path | None) -> None:
@@ -123,6 +130,7 @@ def token(config_path: Path | None) -> None:
     """
     with errors_to_exit():
         settings, _ = load(config_path)
+        quiet_logging(settings)
         from agent.runtime import valid_token
 
         value = valid_token(settings)
@@ -135,6 +143,7 @@ def refresh(config_path: Path | None) -> None:
     """Refresh the login now, under the locks; print the outcome in one line."""
     with errors_to_exit():
         settings, _ = load(config_path)
+        quiet_logging(settings)
         from agent.runtime import refresh_now
 
         outcome = refresh_now(settings)

@@ -95,7 +95,7 @@ def install_cmd(dry_run: bool, config: Path | None) -> None:
         installer = build_installer(settings.agent.log_file, pinned)
         plan = installer.install(dry_run=dry_run)
     except ConfigError as exc:
-        _fail(str(exc), EXIT_CONFIG)
+        _fail("\ncredsync: ".join(exc.problems), EXIT_CONFIG)
     except InstallError as exc:
         _fail(str(exc), EXIT_FAILED)
     _report(plan, installer, dry_run, settings.agent.log_file)

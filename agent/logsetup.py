@@ -90,6 +90,9 @@ def setup_logging(level: str, log_file: Path | None, stderr: bool = True) -> Non
             problem = f"cannot open log file {log_file} ({exc}); logging to stderr only"
     if (stderr or problem) and sys.stderr is not None:  # None under pythonw on Windows
         handlers.append(_StderrHandler(sys.stderr))
+    if not handlers:
+        # Quiet on purpose (a one-shot command with no log file): not Python's stderr fallback.
+        handlers.append(logging.NullHandler())
     redacting = RedactingFilter()
     formatter = logging.Formatter(FORMAT)
     for handler in handlers:

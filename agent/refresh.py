@@ -263,7 +263,7 @@ class Coordinator:
             return Outcome("adopted", again, "the refresh was refused but a fresher login exists")
         self.records.set_auth("relogin-required", now, f"refresh refused: {why}", cred.fingerprint)
         log.error("refresh of %s refused (%s): a re-login is required", cred.fingerprint, why)
-        return Outcome("relogin-required", cred, f"refresh refused ({why})")
+        return Outcome("relogin-required", cred, "the token server refused the refresh token")
 
     def _lost(self, cred: Credential, now: float, why: str) -> Outcome:
         # The server may have rotated the token: sending it again would present a used token and
@@ -273,9 +273,9 @@ class Coordinator:
         if again is not None and not again.same_tokens(cred):
             self._write_stores(again)
             return Outcome("adopted", again, "a fresher login exists")
-        reason = f"the answer to a refresh was lost: {why}"
-        self.records.set_auth("relogin-required", now, reason, cred.fingerprint)
-        log.error("%s: %s; a re-login is required", cred.fingerprint, reason)
+        reason = "the answer to a refresh was lost, so the login may have been rotated away"
+        self.records.set_auth("relogin-required", now, f"{reason}: {why}", cred.fingerprint)
+        log.error("%s: %s (%s); a re-login is required", cred.fingerprint, reason, why)
         return Outcome("relogin-required", cred, reason)
 
     def _write_stores(self, cred: Credential) -> None:

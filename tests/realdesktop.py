@@ -142,7 +142,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.stdout.close()
 
 
-def _read_line(fd: int, what: str, deadline_s: float = START_DEADLINE_S) -> str:
+def read_line(fd: int, what: str, deadline_s: float = START_DEADLINE_S) -> str:
     """One line a starting process writes to ``fd``, within a deadline."""
     data = b""
     deadline = time.monotonic() + deadline_s
@@ -189,7 +189,7 @@ class Session:
                        stdout=subprocess.DEVNULL, pass_fds=(write_end,))
             os.close(write_end)
             write_end = -1
-            display = _read_line(read_end, f"Xvfb ({self.log_tail('xvfb')})")
+            display = read_line(read_end, f"Xvfb ({self.log_tail('xvfb')})")
         finally:
             os.close(read_end)
             if write_end >= 0:
@@ -202,7 +202,7 @@ class Session:
         bus = self.spawn("bus", ["dbus-daemon", f"--config-file={config}", "--nofork",
                                  "--print-address=1"], stdout=subprocess.PIPE)
         assert bus.stdout is not None
-        self.env["DBUS_SESSION_BUS_ADDRESS"] = _read_line(
+        self.env["DBUS_SESSION_BUS_ADDRESS"] = read_line(
             bus.stdout.fileno(), f"dbus-daemon ({self.log_tail('bus')})")
 
     def has_owner(self, name: str = NOTIFICATIONS) -> bool:

@@ -132,7 +132,7 @@ def test_systemd_verify_harness_sees_a_bad_key(tmp_path: Path) -> None:
     """Proves the silence above means something: a wrong key is reported."""
     text = render_systemd_unit(PROGRAM).replace("Restart=on-failure", "Restart=on-failure\nBogus=1")
     rc, output = systemd_verify(write_unit(tmp_path, text), tmp_path)
-    assert "Bogus" in output
+    assert rc == 0 and "Bogus" in output  # exit 0 on a bad key: only the output tells
 
 
 @pytest.mark.integration
@@ -206,7 +206,8 @@ def test_task_xml_parses_and_names_the_command(tmp_path: Path) -> None:
         "InteractiveToken"
     restart = root.find("t:Settings/t:RestartOnFailure", TASK_NS)
     assert restart is not None
-    assert int(restart.findtext("t:Count", namespaces=TASK_NS) or 0) > 0
+    # The schema types Count as unsignedByte: Task Scheduler rejects anything above 255.
+    assert 1 <= int(restart.findtext("t:Count", namespaces=TASK_NS) or 0) <= 255
     assert root.findtext("t:Settings/t:ExecutionTimeLimit", namespaces=TASK_NS) == "PT0S"
 
 
@@ -334,6 +335,17 @@ def test_control_characters_are_refused(tmp_path: Path) -> None:
 def test_default_program_is_this_interpreter_by_absolute_path() -> None:
     assert default_program(sys.executable, "linux") == PROGRAM
     assert default_program("relative/python", "linux")[0] == os.path.abspath("relative/python")
+
+
+@pytest.mark.integration
+def test_the_login_item_command_line_is_accepted_by_the_real_cli(tmp_path: Path) -> None:
+    installer = Installer(FakeRunner(), tmp_path, "linux", default_program(sys.executable, "linux"),
+                          tmp_path / "logs", tmp_path / "config.toml")
+    done = subprocess.run([*installer.program, "--help"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, check=False,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    assert "--config" in done.stdout
 
 
 # ---- status ---------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import queue
+import subprocess
 import sys
 import threading
 import time
@@ -39,6 +40,7 @@ from tests.realdesktop import (  # noqa: F401
     Session,
     bus_without_server_fixture,
     environ_overlay,
+    read_line,
     real_desktop_fixture,
 )
 
@@ -187,6 +189,11 @@ def test_build_notifier_follows_the_notify_section() -> None:
     assert DeliveryReport().delivered is False and str(DeliveryReport()) == "no channel configured"
 
 
+def test_webhook_logs_name_only_scheme_and_host() -> None:
+    url = "https://user:pw@hooks.example.com:8443/services/T0/B0/SECRET?token=SECRET"
+    assert WebhookNotifier(url).safe_url == "https://hooks.example.com:8443"
+
+
 def test_command_env_carries_the_notice_and_withholds_secrets() -> None:
     base = {"PATH": "/usr/bin", "CLAUDE_CODE_OAUTH_TOKEN": "sk-ant-oat01-x",
             "CREDSYNC_REFRESH__CLIENT_SECRET": "s3cret", "credsync_config": "/x"}
@@ -321,15 +328,20 @@ def test_webhook_to_a_stuck_server_gives_up_at_its_timeout(webhook_server: Hook)
 @pytest.mark.integration
 def test_critical_notice_is_shown_by_dunst_with_summary_body_and_urgency(
         real_desktop: RealDesktop) -> None:
+    # The policy's own wording, so that the screenshot shows what a user would read.
+    clock = FakeClock()
+    [critical] = AlertPolicy(NotifySection(), clock).observe(AuthObservation(
+        relogin_required=True, reason="refresh rejected", affected_dirs=DIRS,
+        since=clock.now() - 600, login_fingerprint="fp-old"))
     desktop = DesktopNotifier()
     try:
-        report = desktop.send(notice())
+        report = desktop.send(critical)
     finally:
         desktop.close()
     assert report.results == (ChannelReport("desktop", Outcome.SENT),)
-    shown = real_desktop.wait_for(notice().title)
-    assert shown == {"DUNST_APP_NAME": "credsync", "DUNST_SUMMARY": notice().title,
-                     "DUNST_BODY": notice().body, "DUNST_URGENCY": "CRITICAL"}
+    shown = real_desktop.wait_for(critical.title)
+    assert shown == {"DUNST_APP_NAME": "credsync", "DUNST_SUMMARY": critical.title,
+                     "DUNST_BODY": critical.body, "DUNST_URGENCY": "CRITICAL"}
     shot = real_desktop.screenshot(artifacts_dir() / "notification.png")
     data = shot.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 1000
@@ -383,6 +395,40 @@ def test_server_gone_after_a_send_is_seen_by_the_next_probe(real_desktop: RealDe
     assert "org.freedesktop.Notifications" in report.results[0].detail
 
 
+MUTE_SERVER = (
+    "import sys\n"
+    "from jeepney.bus_messages import message_bus\n"
+    "from jeepney.io.blocking import open_dbus_connection\n"
+    "conn = open_dbus_connection()\n"
+    "conn.send_and_get_reply(message_bus.RequestName('org.freedesktop.Notifications'), "
+    "timeout=5)\n"
+    "print('owned', flush=True)\n"
+    "sys.stdin.read()  # owns the name and never reads a call: a hung server\n")
+
+
+@pytest.mark.integration
+def test_a_server_that_never_answers_fails_the_send_at_its_deadline(
+        bus_without_server: Session) -> None:
+    mute = subprocess.Popen([sys.executable, "-c", MUTE_SERVER], env=bus_without_server.env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    desktop = DesktopNotifier(timeout_s=0.5)
+    try:
+        assert mute.stdout is not None
+        assert read_line(mute.stdout.fileno(), "the mute server") == "owned"
+        assert DBusNotificationProbe().check().reachable
+        started = time.monotonic()
+        report = desktop.send(notice())
+        assert time.monotonic() - started < 3
+    finally:
+        desktop.close()
+        assert mute.stdin is not None and mute.stdout is not None
+        mute.stdin.close()
+        mute.wait(timeout=10)
+        mute.stdout.close()
+    assert report.outcome("desktop") is Outcome.FAILED
+    assert "no answer" in report.results[0].detail
+
+
 # -- no server: the fallbacks -----------------------------------------------------------------
 
 
@@ -390,8 +436,8 @@ def test_server_gone_after_a_send_is_seen_by_the_next_probe(real_desktop: RealDe
 def test_no_server_probe_is_quick_and_command_and_webhook_fire(
         bus_without_server: Session, webhook_server: Hook, tmp_path: Path) -> None:
     started = time.monotonic()
-    probe = DBusNotificationProbe().check()
-    assert time.monotonic() - started < 0.5
+    probe = DBusNotificationProbe(timeout_s=2.0).check()
+    assert time.monotonic() - started < 1.0  # an answer from the bus, not the deadline
     assert not probe.reachable and "no org.freedesktop.Notifications" in probe.detail
 
     argv, out = env_dumper(tmp_path)
