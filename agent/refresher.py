@@ -101,12 +101,19 @@ class HttpRefresher:
         sent_at = self._clock.now()
         try:
             response = self._client.send(self._build(cred.refresh_token))
-        except httpx.TimeoutException as exc:
-            raise TransientRefreshError(
-                f"token endpoint {self.token_url} timed out after {self.timeout_s:g} s") from exc
-        except httpx.HTTPError as exc:
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol) as exc:
+            # Never reached the server: the refresh token is certainly unspent.
             raise TransientRefreshError(
                 f"token endpoint {self.token_url} unreachable ({type(exc).__name__})") from exc
+        except httpx.TimeoutException as exc:
+            raise TransientRefreshError(
+                f"token endpoint {self.token_url} timed out after {self.timeout_s:g} s",
+                may_have_rotated=True) from exc
+        except httpx.HTTPError as exc:
+            # Sent, then the connection failed: the server may have rotated the token already.
+            raise TransientRefreshError(
+                f"token endpoint {self.token_url} dropped the connection ({type(exc).__name__})",
+                may_have_rotated=True) from exc
         return self._result(cred, response, sent_at)
 
     def _build(self, refresh_token: str) -> httpx.Request:
@@ -170,13 +177,16 @@ def _positive_number(value: Any) -> float | None:
 
 def _parse_success(cred: Credential, body: Mapping[str, Any] | None, sent_at: float,
                    url: str) -> RefreshResult:
+    # A 200 means the server rotated the token; an unreadable one means the new pair is lost.
     if body is None:
-        raise TransientRefreshError(f"token endpoint {url} answered 200 with no JSON object")
+        raise TransientRefreshError(f"token endpoint {url} answered 200 with no JSON object",
+                                    may_have_rotated=True)
     access = body.get("access_token")
     expires_in = _positive_number(body.get("expires_in"))
     if not isinstance(access, str) or not access or expires_in is None:
         raise TransientRefreshError(
-            f"token endpoint {url} answered 200 without access_token and expires_in")
+            f"token endpoint {url} answered 200 without access_token and expires_in",
+            may_have_rotated=True)
     new_refresh = body.get("refresh_token")
     oauth = dict(cred.oauth)
     oauth["accessToken"] = access
