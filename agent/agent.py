@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from agent.alerting import Alerting, observation
 from agent.clock import Clock
 from agent.credential import Credential, Reading, ReadState
 from agent.errors import StoreError
@@ -66,6 +67,7 @@ class Agent:
         debounce_s: float = 0.01,
         on_round: Callable[[RoundReport], None] | None = None,
         refresh: RefreshDriver | None = None,
+        alerting: Alerting | None = None,
     ) -> None:
         self.stores = list(stores)
         # Where removing the login is the user logging out: the CLI's own stores. credsync's own
@@ -79,6 +81,9 @@ class Agent:
         self.debounce_s = debounce_s
         self.on_round = on_round
         self.refresh = refresh
+        self.alerting = alerting
+        self.config_dirs = {s.name: str(d) for s in self.stores
+                            if (d := getattr(s, "config_dir", None)) is not None}
         self.memory: dict[str, StoreMemory] = {}
         self.rejected: set[str] = set()
         self.readings: dict[str, Reading] = {}
@@ -143,7 +148,8 @@ class Agent:
         if self.refresh is not None:
             self.refresh.coordinator.records.reload()
             rejected |= self.refresh.coordinator.records.rejected
-        plan = plan_round(readings, sources, self.memory, self.state.load_last_good(),
+        last_good = self.state.load_last_good()
+        plan = plan_round(readings, sources, self.memory, last_good,
                           rejected, now, settled, self.logout_aware)
         self.rejected |= rejected - self._server_rejected()
         report = RoundReport(plan.winner, plan=plan)
@@ -151,6 +157,10 @@ class Agent:
             self._apply(plan, plan.winner, report)
         if self.refresh is not None:
             self.refresh.observe(plan.winner)
+        if self.alerting is not None:
+            auth = self.refresh.coordinator.records.auth if self.refresh is not None else {}
+            self.alerting.observe(observation(plan.winner, readings, self.config_dirs,
+                                              plan.logged_out, auth, last_good, now))
         self.rounds += 1
         self._next_audit = now + AUDIT_S
         self._last_report = report
@@ -232,8 +242,10 @@ class Agent:
             outcome = self.refresh.due(self.clock.now())
             if outcome is not None:
                 log.info("refresh: %s (%s)", outcome.kind, outcome.message)
-                if outcome.kind in ("refreshed", "adopted"):
-                    self.reconcile()  # the stores the refresher left alone get it too
+                if outcome.kind in ("refreshed", "adopted", "relogin-required"):
+                    # The stores the refresher left alone get the new login; a refused one is
+                    # dropped from the contest, and the user is told when nothing is left.
+                    self.reconcile()
 
     def step(self, timeout: float | None = None) -> None:
         """Wait for one event (or the next deadline), handle it, then do what is due."""

@@ -261,9 +261,10 @@ class Coordinator:
         if again is not None and not again.same_tokens(cred):
             self._write_stores(again)
             return Outcome("adopted", again, "the refresh was refused but a fresher login exists")
-        self.records.set_auth("relogin-required", now, f"refresh refused: {why}", cred.fingerprint)
+        said = "the token server refused the refresh token"
+        self.records.set_auth("relogin-required", now, said, cred.fingerprint)
         log.error("refresh of %s refused (%s): a re-login is required", cred.fingerprint, why)
-        return Outcome("relogin-required", cred, "the token server refused the refresh token")
+        return Outcome("relogin-required", cred, said)
 
     def _lost(self, cred: Credential, now: float, why: str) -> Outcome:
         # The server may have rotated the token: sending it again would present a used token and
@@ -274,7 +275,7 @@ class Coordinator:
             self._write_stores(again)
             return Outcome("adopted", again, "a fresher login exists")
         reason = "the answer to a refresh was lost, so the login may have been rotated away"
-        self.records.set_auth("relogin-required", now, f"{reason}: {why}", cred.fingerprint)
+        self.records.set_auth("relogin-required", now, reason, cred.fingerprint)
         log.error("%s: %s (%s); a re-login is required", cred.fingerprint, reason, why)
         return Outcome("relogin-required", cred, reason)
 

@@ -17,7 +17,7 @@ from agent.errors import AgentAlreadyRunning, LockError, RefreshError, ReloginRe
 from agent.filelock import InstanceLock
 from agent.credential import Credential
 from agent.refresh import Coordinator, Outcome, RefreshDriver, RefreshResultLike
-from agent.status import Status, collect
+from agent.status import Status, collect, iso
 
 if TYPE_CHECKING:
     from agent.refresher import HttpRefresher
@@ -38,6 +38,8 @@ def run_agent(settings: Settings, config_path: Path, events: queue.Queue[object]
             pid) from exc
     # The loop's modules (watchdog among them) are loaded only by the command that runs it.
     from agent.agent import Agent
+    from agent.alerting import Alerting
+    from agent.notifier import build_notifier
     from agent.watcher import Watcher
 
     clock = SystemClock()
@@ -50,12 +52,17 @@ def run_agent(settings: Settings, config_path: Path, events: queue.Queue[object]
 
                 driver = RefreshDriver(coord, Backoff())
             watch = [s.watch_path for s in stores if s.watch_path is not None]
+            alerting = Alerting(settings.notify, build_notifier(settings.notify), state, clock)
             agent = Agent(stores, state, clock, events, Watcher(watch, events),
-                          debounce_s=settings.agent.debounce_ms / 1000, refresh=driver)
+                          debounce_s=settings.agent.debounce_ms / 1000, refresh=driver,
+                          alerting=alerting)
             agent.load()
             log.info("started: %d stores, config %s, state %s", len(stores), config_path,
                      state.path)
-            return agent.run()
+            try:
+                return agent.run()
+            finally:
+                alerting.close()
     finally:
         instance.release()
 
@@ -125,8 +132,46 @@ def _relogin_message(why: str) -> str:
 
 
 def collect_status(settings: Settings, config_path: Path) -> Status:
+    clock = SystemClock()
     stores = build_stores(settings)
     try:
-        return collect(stores, state_dir(settings), str(config_path), SystemClock().now())
+        status = collect(stores, state_dir(settings), str(config_path), clock.now())
     finally:
         close_stores(stores)
+    status.extra["refresh"] = refresh_status(settings, status, clock.now())
+    from agent.alerting import load_active_alert
+
+    alert = load_active_alert(state_dir(settings), settings.notify, clock)
+    if alert is not None:
+        status.login_state = "relogin-required"
+        status.extra["alert"] = {"event": alert.event, "title": alert.title,
+                                 "since": iso(alert.since), "config_dirs": list(alert.affected_dirs)}
+    from agent.cli_install import login_item_status
+
+    status.extra["login_item"] = login_item_status(settings)
+    return status
+
+
+def refresh_status(settings: Settings, status: Status, now: float) -> dict[str, object]:
+    """The refresh part of ``credsync status``: state, lifetime and the next deadline."""
+    from agent.refresh import RefreshState, Schedule
+
+    records = RefreshState(state_dir(settings))
+    auth = records.auth
+    best = status.best
+    stale_auth = best is not None and auth.get("fingerprint") not in (None, best.fingerprint)
+    state = "ok" if stale_auth else str(auth.get("state", "ok"))
+    if best is not None and best.expires_at <= now and state == "ok":
+        state = "expired"
+    out: dict[str, object] = {"enabled": settings.refresh.enabled, "state": state}
+    if not stale_auth and auth.get("reason"):
+        out["reason"] = auth.get("reason")
+    schedule = Schedule(settings.refresh, records.salt)
+    lifetime, source = schedule.lifetime(records.lifetime_s)
+    out.update(lifetime_s=lifetime, lifetime_source=source,
+               last_refresh_at=iso(records.refreshed_at))
+    if best is not None and settings.refresh.enabled:
+        out["next_refresh_at"] = iso(schedule.deadline(best, lifetime, records.refreshed_at))
+    if state not in ("ok", "expired"):
+        status.login_state = state
+    return out
