@@ -134,7 +134,7 @@ class Agent:
             if reading.state is not ReadState.INVALID:
                 self.garbage_since.pop(name, None)
                 continue
-            first, detail = self.garbage_since.setdefault(name, (now, reading.detail))
+            first, _ = self.garbage_since.setdefault(name, (now, reading.detail))
             if now - first >= GARBAGE_GRACE_S:
                 settled.add(name)
         return settled

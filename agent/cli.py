@@ -87,8 +87,8 @@ def run(config_path: Path | None) -> None:
     """Run the agent in the foreground (logs to stderr and the log file)."""
     with errors_to_exit():
         settings, path = load(config_path)
-        from agent.runtime import run_agent
         from agent.logsetup import setup_logging
+        from agent.runtime import run_agent
 
         setup_logging(settings.agent.log_level, settings.agent.log_file)
         events: queue.Queue[object] = queue.Queue()

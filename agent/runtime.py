@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import logging
 import queue
-from pathlib import Path
-
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent.build import build_stores, close_stores, state_dir
 from agent.clock import Clock, SystemClock
 from agent.config import Settings
+from agent.credential import Credential
 from agent.errors import AgentAlreadyRunning, LockError, RefreshError, ReloginRequired
 from agent.filelock import InstanceLock
-from agent.credential import Credential
 from agent.refresh import Coordinator, Outcome, RefreshDriver, RefreshResultLike
 from agent.status import Status, collect, iso
 
@@ -145,7 +144,8 @@ def collect_status(settings: Settings, config_path: Path) -> Status:
     if alert is not None:
         status.login_state = "relogin-required"
         status.extra["alert"] = {"event": alert.event, "title": alert.title,
-                                 "since": iso(alert.since), "config_dirs": list(alert.affected_dirs)}
+                                 "since": iso(alert.since),
+                                 "config_dirs": list(alert.affected_dirs)}
     from agent.cli_install import login_item_status
 
     status.extra["login_item"] = login_item_status(settings)

@@ -36,7 +36,8 @@ def write_config(path: Path, config_dirs: list[Path], state_dir: Path, *,
                  log_file: Path | None = None, log_level: str = "info",
                  refresh: Mapping[str, Any] | None = None,
                  notify: Mapping[str, Any] | None = None) -> Path:
-    lines = ["[agent]", f"state_dir = {toml_value(state_dir)}", f"log_level = {toml_value(log_level)}",
+    lines = ["[agent]", f"state_dir = {toml_value(state_dir)}",
+             f"log_level = {toml_value(log_level)}",
              f"log_file = {toml_value(log_file or '')}", "", "[claude]",
              f"config_dirs = [{', '.join(toml_value(d) for d in config_dirs)}]",
              f"keychain = {'true' if keychain else 'false'}", "", "[refresh]"]
@@ -63,7 +64,7 @@ class AgentProcess:
                  log: Path | None = None) -> None:
         self.config = config
         self.log = log or config.with_suffix(".stderr")
-        self._log_fh = open(self.log, "w")
+        self._log_fh = open(self.log, "w")  # noqa: SIM115 - open for the process's lifetime
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "agent.cli", "run", "--config", str(config)], cwd=REPO,
             env=dict(env or os.environ), stdout=self._log_fh, stderr=subprocess.STDOUT,

@@ -1,4 +1,4 @@
-"""``credsync run`` as a real process: real files, real inotify, the real Secret Service keychain."""
+"""``credsync run`` as a real process: real files, real inotify, the real Secret Service."""
 
 from __future__ import annotations
 
@@ -71,7 +71,8 @@ def scene(tmp_path: Path, real_keyring: RealKeyring) -> Iterator[Scene]:  # noqa
     state = tmp_path / "state"
     config = write_config(tmp_path / "config.toml", dirs, state, log_level="debug",
                           log_file=tmp_path / "log" / "credsync.log",
-                          sinks=[{"path": p, "format": f} for p, f in zip(sinks, SINK_FORMATS)])
+                          sinks=[{"path": p, "format": f}
+                                 for p, f in zip(sinks, SINK_FORMATS, strict=True)])
     s = Scene(tmp_path, dirs, sinks, state, config, real_keyring)
     yield s
     if s.agent is not None:
@@ -150,13 +151,14 @@ def _store_state(scene: Scene, d: Path) -> str | None:
 
 WRITER = textwrap.dedent("""
     import json, os, random, sys
-    dirs, base, count, seed = sys.argv[1].split(","), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    dirs, base = sys.argv[1].split(","), int(sys.argv[2])
+    count, seed = int(sys.argv[3]), int(sys.argv[4])
     rng = random.Random(seed)
     for i in range(count):
         d = rng.choice(dirs)
         exp = base + rng.randrange(1, 10**9)
-        doc = {"claudeAiOauth": {"accessToken": f"at-{seed}-{i}-{exp}", "refreshToken": f"rt-{seed}-{i}",
-                                 "expiresAt": exp}}
+        doc = {"claudeAiOauth": {"accessToken": f"at-{seed}-{i}-{exp}",
+                                 "refreshToken": f"rt-{seed}-{i}", "expiresAt": exp}}
         tmp = os.path.join(d, f".tmp-{seed}-{i}")
         with open(tmp, "w") as fh:
             json.dump(doc, fh)

@@ -104,7 +104,7 @@ def test_a_flood_of_failures_gives_one_notice_and_recovery_one_restore(tmp_path:
 
 @pytest.mark.integration
 def test_agent_tells_the_user_once_on_a_real_desktop_and_clears_on_login(
-        tmp_path: Path, real_desktop: RealDesktop) -> None:  # noqa: F811
+        tmp_path: Path, real_desktop: RealDesktop) -> None:
     with OAuthServer(access_lifetime_s=3600) as server:
         dirs = [tmp_path / "cfg0", tmp_path / "cfg1"]
         login = server.issue_login()

@@ -110,7 +110,7 @@ def test_refresh_when_due_writes_every_store_and_persists_first(setup) -> None: 
 
 
 def test_a_fresher_credential_on_disk_is_adopted_without_a_request(setup) -> None:  # type: ignore[no-untyped-def]
-    coord, refresher, clock, dirs = setup
+    coord, refresher, _clock, dirs = setup
     old = make_cred(int((START + HOUR) * 1000))
     write_cred(dirs[0], old)
     newer = make_cred(int((START + 8 * HOUR) * 1000))
@@ -131,12 +131,11 @@ def test_never_sends_the_same_refresh_token_twice(setup) -> None:  # type: ignor
     assert refresher.sent == [cred.refresh_token]
     # a restart does not forget it either
     again = Coordinator(coord.section, coord.stores, dirs, coord.state, refresher, clock)
-    again.journal.record  # the journal lives in the state dir
     assert cred.refresh_token in again.journal
 
 
 def test_transient_failure_keeps_the_token_usable(setup) -> None:  # type: ignore[no-untyped-def]
-    coord, refresher, clock, dirs = setup
+    coord, refresher, _clock, dirs = setup
     cred = make_cred(int((START + HOUR) * 1000))
     write_cred(dirs[0], cred)
     refresher.script = [TransientRefreshError("503", retry_after_s=7)]
@@ -148,7 +147,7 @@ def test_transient_failure_keeps_the_token_usable(setup) -> None:  # type: ignor
 
 
 def test_invalid_grant_rereads_then_requires_relogin(setup) -> None:  # type: ignore[no-untyped-def]
-    coord, refresher, clock, dirs = setup
+    coord, refresher, _clock, dirs = setup
     cred = make_cred(int((START + HOUR) * 1000))
     write_cred(dirs[0], cred)
     refresher.script = [InvalidGrantError("invalid_grant")]
@@ -160,7 +159,7 @@ def test_invalid_grant_rereads_then_requires_relogin(setup) -> None:  # type: ig
 
 
 def test_cli_lock_held_by_a_live_process_means_busy(setup) -> None:  # type: ignore[no-untyped-def]
-    coord, refresher, clock, dirs = setup
+    coord, refresher, _clock, dirs = setup
     cred = make_cred(int((START + HOUR) * 1000))
     write_cred(dirs[0], cred)
     with oauth_refresh_lock(dirs[1]).hold(1):
