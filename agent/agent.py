@@ -18,7 +18,7 @@ from agent.alerting import Alerting, observation
 from agent.clock import Clock
 from agent.credential import Credential, Reading, ReadState
 from agent.errors import StoreError
-from agent.fsutil import stat_signature
+from agent.fsutil import remove_stale_temps, stat_signature, write_target
 from agent.reconcile import Plan, StoreMemory, plan_round
 from agent.refresh import RefreshDriver
 from agent.state import StateDir
@@ -30,6 +30,9 @@ log = logging.getLogger("credsync.agent")
 TICK_S = 30.0  # wall-clock deadlines are re-checked at least this often
 AUDIT_S = 60.0  # a full round even without events: keychains are not watched
 GARBAGE_GRACE_S = 0.5  # unparsable content must stay unchanged this long before it is repaired
+RETRY_MIN_S = 1.0  # a failed write or an unreadable store: next round after 1, 2, 4 ... AUDIT_S
+CLOCK_BACK_S = 1.0  # the wall clock went back by more than this: deadlines move back with it
+STALE_TEMP_S = 60.0  # a temp file of an interrupted write this old is abandoned (writes take ms)
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,7 @@ class Agent:
         self.readings: dict[str, Reading] = {}
         self.own_writes: dict[Path, tuple[int, int, int] | None] = {}
         self.garbage_since: dict[str, tuple[float, str]] = {}
+        self.write_errors: dict[str, str] = {}
         self.rounds = 0
         self.writes = 0
         self.stopping: str | None = None
@@ -96,6 +100,9 @@ class Agent:
         self._due: float | None = None
         self._next_audit = 0.0
         self._last_report: RoundReport | None = None
+        self._retry_at: float | None = None
+        self._retries = 0
+        self._last_now: float | None = None
 
     # ----- persistence -------------------------------------------------------------------
     def load(self) -> None:
@@ -117,6 +124,7 @@ class Agent:
             "updated_at": self.clock.now(),
             "rounds": self.rounds,
             "writes": self.writes,
+            "write_errors": self.write_errors,
         }
         obj.update(extra or {})
         try:
@@ -130,11 +138,19 @@ class Agent:
 
     def _settled(self, readings: dict[str, Reading], now: float) -> set[str]:
         settled: set[str] = set()
+        paths = {s.name: s.watch_path for s in self.stores}
         for name, reading in readings.items():
             if reading.state is not ReadState.INVALID:
                 self.garbage_since.pop(name, None)
                 continue
-            first, _ = self.garbage_since.setdefault(name, (now, reading.detail))
+            # Garbage that keeps changing is a write in progress (a slow writer, in place): the
+            # grace starts again with every change, so a half-written file is never replaced.
+            path = paths.get(name)
+            seen = str(stat_signature(path)) if path is not None else reading.detail
+            first, before = self.garbage_since.get(name, (now, seen))
+            if before != seen:
+                first = now
+            self.garbage_since[name] = (first, seen)
             if now - first >= GARBAGE_GRACE_S:
                 settled.add(name)
         return settled
@@ -155,6 +171,7 @@ class Agent:
         report = RoundReport(plan.winner, plan=plan)
         if plan.winner is not None:
             self._apply(plan, plan.winner, report)
+        self._schedule_retry(report, readings, now)
         if self.refresh is not None:
             self.refresh.observe(plan.winner)
         if self.alerting is not None:
@@ -169,12 +186,28 @@ class Agent:
             self.on_round(report)
         return report
 
+    def _schedule_retry(self, report: RoundReport, readings: dict[str, Reading],
+                        now: float) -> None:
+        # A store that could not be written (disk full, permission denied, a busy lock) or read
+        # (keychain locked or gone) is tried again soon, backing off to the audit period: it
+        # comes back by itself, without waiting for the next write elsewhere.
+        self.write_errors = dict(report.failed)
+        troubled = report.failed or any(r.state is ReadState.ERROR for r in readings.values())
+        if not troubled:
+            self._retry_at, self._retries = None, 0
+            return
+        self._retry_at = now + min(AUDIT_S, RETRY_MIN_S * 2.0 ** min(self._retries, 16))
+        self._retries += 1
+
     def _server_rejected(self) -> set[str]:
         return self.refresh.coordinator.records.rejected if self.refresh is not None else set()
 
     def _apply(self, plan: Plan, winner: Credential, report: RoundReport) -> None:
         if not winner.same_tokens(self.state.load_last_good()):
-            self.state.save_last_good(winner)
+            try:
+                self.state.save_last_good(winner)
+            except StoreError as exc:  # a full disk must not stop the stores being written
+                log.warning("cannot save the last good login: %s", exc)
         by_name = {s.name: s for s in self.stores}
         for name in plan.writes:
             store = by_name[name]
@@ -195,6 +228,27 @@ class Agent:
                 log.info("%s: %s to %s (expires %s)", name, verb, winner.fingerprint,
                          _iso(winner.expires_at))
 
+    def recover(self) -> None:
+        """Clean up after a credsync process that was killed (at start and on every audit)."""
+        # A lock it held stays behind: free it now rather than block every session until its
+        # stale time (agent.lockowner).
+        for store in self.stores:
+            release = getattr(store, "release_orphaned_locks", None)
+            if callable(release):
+                for path in release():
+                    log.warning("removed lock %s left by a credsync process that died", path)
+        # A write it had begun leaves a temp file, which may hold a token.
+        places: dict[Path, set[str] | None] = {self.state.path: None}
+        for store in self.stores:
+            if store.watch_path is not None:
+                target = write_target(store.watch_path)
+                names = places.setdefault(target.parent, set())
+                if names is not None:
+                    names.add(target.name)
+        for directory, names in places.items():
+            for path in remove_stale_temps(directory, STALE_TEMP_S, names):
+                log.info("removed %s, left by an interrupted write", path)
+
     # ----- the loop ----------------------------------------------------------------------
     def _is_own_write(self, path: Path) -> bool:
         expected = self.own_writes.get(path)
@@ -206,22 +260,27 @@ class Agent:
             self.stopping = event.reason
         elif isinstance(event, FileChanged):
             if not self._is_own_write(event.path):
-                self._mark_dirty(now)
+                self._mark_dirty(now, 0.0 if event.complete else self.debounce_s)
         elif isinstance(event, DirsChanged):
             if self.watcher is not None:
                 self.watcher.sync()
             self._mark_dirty(now)
 
-    def _mark_dirty(self, now: float) -> None:
+    def _mark_dirty(self, now: float, delay: float | None = None) -> None:
+        due = now + (self.debounce_s if delay is None else delay)
         if not self._dirty:
             self._dirty = True
-            self._due = now + self.debounce_s
+            self._due = due
+        elif self._due is not None and due < self._due:
+            self._due = due  # a finished write needs no more waiting for the burst to end
 
     def next_timeout(self) -> float:
         now = self.clock.now()
         deadlines = [self._next_audit]
         if self._due is not None:
             deadlines.append(self._due)
+        if self._retry_at is not None:
+            deadlines.append(self._retry_at)
         if self.garbage_since:
             deadlines.append(min(t for t, _ in self.garbage_since.values()) + GARBAGE_GRACE_S)
         refresh_at = self.refresh.next_at() if self.refresh is not None else None
@@ -229,11 +288,31 @@ class Agent:
             deadlines.append(refresh_at)
         return max(0.0, min(min(deadlines) - now, TICK_S))
 
+    def _follow_clock(self, now: float) -> None:
+        # The wall clock went back (a correction, a manual change): every deadline set before
+        # is that much further away than meant. Move them back with it, or the audit, a retry
+        # and a garbage repair would all wait for the clock to catch up.
+        if self._last_now is not None and now < self._last_now - CLOCK_BACK_S:
+            delta = now - self._last_now
+            log.warning("the clock went back %.0f s", -delta)
+            self._next_audit += delta
+            self._due = None if self._due is None else self._due + delta
+            self._retry_at = None if self._retry_at is None else self._retry_at + delta
+            self.garbage_since = {k: (t + delta, seen)
+                                  for k, (t, seen) in self.garbage_since.items()}
+            if self.refresh is not None:
+                self.refresh.clock_moved(delta)
+        self._last_now = now
+
     def due_work(self) -> None:
         now = self.clock.now()
+        self._follow_clock(now)
         garbage_due = any(now - t >= GARBAGE_GRACE_S for t, _ in self.garbage_since.values())
+        retry_due = self._retry_at is not None and now >= self._retry_at
+        if now >= self._next_audit:
+            self.recover()
         if (self._dirty and self._due is not None and now >= self._due) or \
-                now >= self._next_audit or garbage_due:
+                now >= self._next_audit or garbage_due or retry_due:
             self._dirty, self._due = False, None
             if self.watcher is not None and self.watcher.sync():
                 log.debug("watches re-aimed")
@@ -269,6 +348,7 @@ class Agent:
         if self.watcher is not None:
             self.watcher.start()
         try:
+            self.recover()
             self.reconcile()
             while self.stopping is None:
                 self.step()

@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from agent.clock import Clock
 from agent.config import NotifySection
+from agent.credential import redact
 
 __all__ = [
     "Alert",
@@ -293,8 +294,9 @@ def _relogin_text(ep: _Episode, now: float, *, reminder: bool) -> tuple[str, str
 
 
 def _clean_reason(reason: str) -> str:
-    # One line, bounded: it lands in a notification title area and in logs.
-    return " ".join(reason.split())[:MAX_REASON_CHARS]
+    # One line, bounded: it lands in a notification title area and in logs. Anything token-like
+    # is redacted: a reason is often an error message, and a notice must never carry a token.
+    return " ".join(redact(reason).split())[:MAX_REASON_CHARS]
 
 
 def _dirs_text(dirs: Sequence[str]) -> str:

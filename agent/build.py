@@ -5,15 +5,25 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent.config import Settings
 from agent.errors import KeychainUnavailable
 from agent.state import StateDir
 from agent.stores.base import Store
 from agent.stores.claude_file import ClaudeFileStore
-from agent.stores.keychain import KeychainBackend, keychain_stores, system_backend
 from agent.stores.sink import SinkStore
+
+# keyring (through the keychain store) and pydantic (through the config) are imported only when
+# used: `credsync token` builds its stores here and its start-up time matters.
+if TYPE_CHECKING:
+    from agent.config import Settings
+    from agent.stores.keychain import KeychainBackend
+
+
+def _system_backend() -> KeychainBackend:
+    from agent.stores.keychain import system_backend
+
+    return system_backend()
 
 
 class LazyBackend:
@@ -23,7 +33,7 @@ class LazyBackend:
     not be given up on: every call retries the lookup and fails with KeychainUnavailable.
     """
 
-    def __init__(self, find: Callable[[], KeychainBackend] = system_backend) -> None:
+    def __init__(self, find: Callable[[], KeychainBackend] = _system_backend) -> None:
         self._find = find
         self._backend: KeychainBackend | None = None
 
@@ -59,6 +69,8 @@ def file_stores(settings: Settings) -> list[ClaudeFileStore]:
 def build_stores(settings: Settings, backend: KeychainBackend | None = None) -> list[Store]:
     stores: list[Store] = list(file_stores(settings))
     if settings.claude.keychain:
+        from agent.stores.keychain import keychain_stores
+
         stores.extend(keychain_stores(settings.claude.config_dirs, backend or LazyBackend(),
                                       platform=sys.platform))
     stores.extend(SinkStore(s.path, s.format, s.env_var) for s in settings.sinks)

@@ -1,4 +1,5 @@
-"""The command line. Only this module prints or chooses exit codes.
+"""The command line. Only this module (and its fast path, ``agent.fastpath``) prints or chooses
+exit codes.
 
 Exit codes: 0 success; 1 a runtime failure (message on stderr); 2 bad configuration or usage;
 3 a re-login is required.
@@ -6,12 +7,22 @@ Exit codes: 0 success; 1 a runtime failure (message on stderr); 2 bad configurat
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":
+    # `python -m agent.cli token` with a fresh token ends here, before click and pydantic are
+    # imported; anything else carries on below (the `credsync` script: agent.fastpath.main).
+    from agent.fastpath import try_token
+
+    _code = try_token(sys.argv[1:])
+    if _code is not None:
+        sys.exit(_code)
+
 import json
 import logging
 import os
 import queue
 import signal
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -164,6 +175,9 @@ def _iso(ts: float) -> str:
 
 def _register_optional() -> None:
     # Commands that live in their own modules, registered here so that only the CLI prints.
+    from agent.cli_demo import demo_cmd
+
+    main.add_command(demo_cmd, "demo")
     try:
         from agent.cli_install import install_cmd, uninstall_cmd
     except ImportError:  # pragma: no cover - during development only

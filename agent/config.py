@@ -4,13 +4,19 @@ Lookup: ``--config PATH``, else ``$CREDSYNC_CONFIG``, else the platform's user c
 missing file means the defaults. Variables are ``CREDSYNC_<SECTION>__<KEY>`` (``CREDSYNC_SINKS``
 takes a JSON list). Everything is validated here, before any runtime object is built; problems
 come back as one ``ConfigError`` with one line per problem that names the source, the problem and
-the accepted form.
+the accepted form. A line never shows a secret's value (``refresh.client_secret``,
+``notify.webhook``), and any value it does show is shortened and token-like runs redacted.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
+import re
 import sys
+import typing
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -20,11 +26,14 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
-from agent import paths
-from agent.errors import ConfigError
+from agent import paths, settings_cache
+from agent.credential import redact
+from agent.errors import ConfigError, StoreError
+from agent.fsutil import read_bytes
 from agent.mkdirlock import OAUTH_REFRESH_STALE_S
 
 if sys.version_info >= (3, 11):
@@ -39,14 +48,57 @@ CLAUDE_SCOPE = ("user:profile user:inference user:sessions:claude_code user:mcp_
                 "user:file_upload user:plugins")
 # Attempts a refresh may make while it holds the locks; the lock invariant depends on it.
 ATTEMPTS_PER_LOCK = 2
+# A credsync config is a few hundred bytes; a bigger file is the wrong file (or an attack).
+MAX_CONFIG_BYTES = 1_000_000
+# Values an error line never shows, whatever is wrong with them: a webhook URL holds a secret
+# in its path or query as often as not.
+SECRET_LOCS = frozenset({("refresh", "client_secret"), ("notify", "webhook")})
+MAX_SHOWN_CHARS = 24  # sim and real tokens are longer
+MAX_URL_CHARS = 2000
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # No inf or nan: every number here is a time or a fraction, and inf would pass ``ge=0``.
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 def _expand_path(value: Any) -> Any:
+    if isinstance(value, str) and "\0" in value:
+        raise ValueError("a path cannot hold a NUL character")
     return paths.expand(value) if isinstance(value, (str, Path)) else value
+
+
+def _http_url(value: str | None) -> str | None:
+    """The URL, if the HTTP client can send to it; the messages never repeat it (a secret)."""
+    if value is None:
+        return None
+    if any(ch.isspace() or not ch.isprintable() for ch in value):
+        raise ValueError("a URL cannot hold spaces or control characters")
+    if len(value) > MAX_URL_CHARS:
+        raise ValueError(f"a URL of more than {MAX_URL_CHARS} characters")
+    if not _valid_host_and_port(value):
+        # Checked here, not when the first refresh is due: the HTTP client refuses these.
+        raise ValueError("not a valid URL (check the host and port; write an international "
+                         "host name in its xn-- form)")
+    return value
+
+
+def _valid_host_and_port(url: str) -> bool:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port, host = parts.port, parts.hostname
+    except ValueError:
+        return False
+    if not host or not host.isascii() or port == 0:
+        return False
+    try:
+        if "[" in parts.netloc:
+            ipaddress.IPv6Address(host)
+        elif re.fullmatch(r"[0-9]+(\.[0-9]+){3}", host):
+            ipaddress.IPv4Address(host)
+    except ValueError:
+        return False
+    return True
 
 
 class AgentSection(Section):
@@ -118,6 +170,7 @@ class RefreshSection(Section):
     nominal_lifetime_s: float = Field(8 * 3600, gt=0, description="seconds, more than 0")
     token_url: str = Field(CLAUDE_TOKEN_URL, pattern=r"^https?://",
                            description="an http(s) URL")
+    _token_url = field_validator("token_url")(_http_url)
     client_id: str = Field(CLAUDE_CLIENT_ID, min_length=1, description="a non-empty string")
     client_secret: str | None = Field(None, description="a string (oauth2 style only)")
     scope: str = Field(CLAUDE_SCOPE, description="space-separated scopes")
@@ -132,6 +185,7 @@ class NotifySection(Section):
     desktop: bool = Field(True, description="true or false")
     command: list[str] = Field(default_factory=list, description='an argv list, e.g. ["cmd"]')
     webhook: str | None = Field(None, pattern=r"^https?://", description="an http(s) URL")
+    _webhook = field_validator("webhook")(_http_url)
     remind_every_h: float = Field(4, gt=0, description="hours, more than 0")
     warn_before_days: float = Field(3, ge=0, description="days, 0 or more")
     notify_on_restore: bool = Field(True, description="true or false")
@@ -142,12 +196,16 @@ class Settings(BaseSettings):
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore",
         case_sensitive=False, validate_default=True)
 
-    agent: AgentSection = Field(default_factory=lambda: AgentSection())
-    claude: ClaudeSection = Field(default_factory=lambda: ClaudeSection())
+    agent: AgentSection = Field(default_factory=lambda: AgentSection(),
+                                description="a [agent] table")
+    claude: ClaudeSection = Field(default_factory=lambda: ClaudeSection(),
+                                  description="a [claude] table")
     sinks: list[SinkEntry] = Field(default_factory=list,
                                    description="a list of [[sinks]] tables")
-    refresh: RefreshSection = Field(default_factory=lambda: RefreshSection())
-    notify: NotifySection = Field(default_factory=lambda: NotifySection())
+    refresh: RefreshSection = Field(default_factory=lambda: RefreshSection(),
+                                    description="a [refresh] table")
+    notify: NotifySection = Field(default_factory=lambda: NotifySection(),
+                                  description="a [notify] table")
 
     @classmethod
     def settings_customise_sources(
@@ -180,16 +238,25 @@ def config_path(explicit: Path | None, env: Mapping[str, str] | None = None) -> 
 
 def _check_toml(path: Path) -> None:
     try:
-        with open(path, "rb") as fh:
-            tomllib.load(fh)
-    except FileNotFoundError:
+        raw = read_bytes(path, MAX_CONFIG_BYTES)
+    except StoreError as exc:
+        raise ConfigError([f"{exc}; fix its permissions, or point --config at the config file"]) \
+            from exc
+    if raw is None:
         return
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"{path}: over {MAX_CONFIG_BYTES} bytes, too big for a credsync "
+                           "config; check the path"])
+    try:
+        tomllib.loads(raw.decode("utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: TOML syntax error: {exc}; fix the syntax at that line"]) \
             from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{path}: cannot be read ({exc}); fix its permissions or encoding"]) \
-            from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: cannot be read ({exc.reason} at byte {exc.start}); "
+                           "save it as UTF-8"]) from exc
+    except RecursionError as exc:
+        raise ConfigError([f"{path}: nested too deeply to be a credsync config"]) from exc
 
 
 def _env_name(loc: tuple[Any, ...]) -> str | None:
@@ -227,21 +294,84 @@ def _accepted(loc: tuple[Any, ...]) -> str:
     return description or "see config.example.toml"
 
 
+def _printable(text: str) -> str:
+    """One line, whatever a key, a path or a value holds (a newline in a TOML key, say)."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def _shown(loc: tuple[Any, ...], value: Any) -> str:
+    """What an error line may say about the value it rejects."""
+    keys = tuple(str(p) for p in loc if not isinstance(p, int))
+    if keys[:2] in SECRET_LOCS or isinstance(value, (dict, list)):
+        return ""
+    if isinstance(value, str) and len(value) > MAX_SHOWN_CHARS:
+        # Long enough to be a token pasted into the wrong key: not repeated, even redacted.
+        return f" (got a string of {len(value)} characters)"
+    text = redact(repr(value))
+    if len(text) > MAX_SHOWN_CHARS:
+        text = text[:MAX_SHOWN_CHARS] + "..."
+    return f" (got {text})"
+
+
 def _describe(error: Mapping[str, Any], path: Path) -> str:
     loc = tuple(error.get("loc", ()))
     env_name = _env_name(loc)
     source = f"environment variable {env_name}" if env_name else f"{path}: {_dotted(loc)}"
     if error.get("type") == "extra_forbidden":
         return f"{source}: unknown key; remove it or fix its spelling (see config.example.toml)"
-    shown = error.get("input")
-    got = "" if isinstance(shown, (dict, list)) else f" (got {shown!r})"
+    got = _shown(loc, error.get("input"))
     return f"{source}: {error.get('msg', 'invalid')}{got}; expected {_accepted(loc)}"
+
+
+def _takes_json(loc: tuple[str, ...]) -> bool:
+    """Does the field at ``loc`` take a list or a table (a JSON value in the environment)?"""
+    model: Any = Settings
+    annotation: Any = None
+    for part in loc:
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return False
+        annotation = fields[part].annotation
+        model = annotation
+    return hasattr(annotation, "model_fields") or typing.get_origin(annotation) in (list, dict)
+
+
+def _env_problems(exc: SettingsError) -> list[str]:
+    """One line per variable pydantic-settings could not parse as JSON."""
+    match = re.search(r'field "([^"]+)"', str(exc))
+    field = (match.group(1) if match else "").upper()
+    lines = []
+    for name, value in os.environ.items():
+        upper = name.upper()
+        if not field or not (upper == ENV_PREFIX + field
+                             or upper.startswith(f"{ENV_PREFIX}{field}__")):
+            continue
+        loc = tuple(upper[len(ENV_PREFIX):].lower().split("__"))
+        if not _takes_json(loc):
+            continue
+        try:
+            json.loads(value)
+        except ValueError:
+            lines.append(f"environment variable {name}: not valid JSON; expected "
+                         f"{_accepted(loc)}, written as JSON")
+    return lines or [f"environment variables {ENV_PREFIX}{field or '*'}...: cannot be parsed "
+                     "(lists and tables are written as JSON); fix or unset them"]
 
 
 def load_settings(explicit: Path | None = None) -> tuple[Settings, Path]:
     """Load and validate; return the settings and the file they were looked up in."""
     path = config_path(explicit)
-    if explicit is not None and not path.is_file():
+    try:
+        settings, path = _load(path, explicit is not None)
+    except ConfigError as exc:
+        raise ConfigError([_printable(line) for line in exc.problems]) from exc
+    # Remembered for `credsync token`, which then starts without pydantic (settings_cache).
+    settings_cache.store(path, settings)
+    return settings, path
+
+
+def _load(path: Path, explicit: bool) -> tuple[Settings, Path]:
+    if explicit and not path.exists():
         raise ConfigError([f"{path}: no such config file; pass an existing file to --config"])
     _check_toml(path)
     _TOML_FILE["path"] = path if path.is_file() else None
@@ -249,5 +379,10 @@ def load_settings(explicit: Path | None = None) -> tuple[Settings, Path]:
         return Settings(), path
     except ValidationError as exc:
         raise ConfigError([_describe(e, path) for e in exc.errors(include_url=False)]) from exc
+    except SettingsError as exc:
+        raise ConfigError(_env_problems(exc)) from exc
+    except OSError as exc:  # the file went away or changed since it was checked
+        raise ConfigError([f"{path}: cannot be read ({exc.strerror or exc}); try again"]) \
+            from exc
     finally:
         _TOML_FILE["path"] = None

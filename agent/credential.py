@@ -10,6 +10,8 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -17,13 +19,33 @@ from typing import Any
 
 OAUTH_KEY = "claudeAiOauth"
 MAX_DOCUMENT_BYTES = 1_000_000
+# 9999-12-31T23:59:59.999Z: a later expiry cannot be shown as a date, so it is garbage, not a
+# login that would win every freshness contest and then fail every log line and status report.
+MAX_EXPIRES_AT_MS = 253_402_300_799_999
+# Claude tokens (sk-ant-...), and any long base64url-ish run: JWTs, opaque tokens, secrets.
+SECRET_PATTERN = re.compile(r"sk-ant-[A-Za-z0-9_\-]+|[A-Za-z0-9_\-]{40,}={0,2}")
 
 
 def fingerprint_of(secret: str) -> str:
     """A short, stable, non-reversible name for a secret, safe to log."""
     if not secret:
         return "-"
-    return hashlib.sha256(secret.encode()).hexdigest()[:10]
+    return hashlib.sha256(secret.encode(errors="surrogatepass")).hexdigest()[:10]
+
+
+def redact(text: str) -> str:
+    """``text`` with anything token-like replaced by its fingerprint (defence in depth: code
+    must already show fingerprints only)."""
+    return SECRET_PATTERN.sub(lambda m: f"[redacted:{fingerprint_of(m.group(0))}]", text)
+
+
+def ms_or_none(value: Any) -> int | None:
+    """A JSON number of milliseconds as an int, or None when it is not a usable one."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return int(value) if abs(value) <= MAX_EXPIRES_AT_MS else None
 
 
 @dataclass(frozen=True)
@@ -55,8 +77,7 @@ class Credential:
 
     @property
     def expires_at_ms(self) -> int:
-        value = self.oauth.get("expiresAt", 0)
-        return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
+        return ms_or_none(self.oauth.get("expiresAt", 0)) or 0
 
     @property
     def expires_at(self) -> float:
@@ -64,10 +85,8 @@ class Credential:
 
     @property
     def refresh_token_expires_at(self) -> float | None:
-        value = self.oauth.get("refreshTokenExpiresAt")
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-            return float(value) / 1000.0
-        return None
+        value = ms_or_none(self.oauth.get("refreshTokenExpiresAt"))
+        return value / 1000.0 if value is not None and value > 0 else None
 
     @property
     def fingerprint(self) -> str:
@@ -122,10 +141,20 @@ def _check_oauth(oauth: Any) -> str | None:
     for key in ("accessToken", "refreshToken"):
         if key in oauth and not isinstance(oauth[key], str):
             return f"{OAUTH_KEY}.{key} is {type(oauth[key]).__name__}, expected a string"
+        if key in oauth and not _token_text(oauth[key]):
+            # A token never holds these; copied into an env or token-file sink, a newline or a
+            # quote would change what a session reads (or runs, for a sourced env file).
+            return f"{OAUTH_KEY}.{key} holds whitespace or control characters"
     expires = oauth.get("expiresAt", 0)
     if isinstance(expires, bool) or not isinstance(expires, (int, float)):
         return f"{OAUTH_KEY}.expiresAt is {type(expires).__name__}, expected milliseconds"
+    if ms_or_none(expires) is None:
+        return f"{OAUTH_KEY}.expiresAt is out of range (not a finite time before year 10000)"
     return None
+
+
+def _token_text(value: str) -> bool:
+    return all(ch.isprintable() and not ch.isspace() for ch in value)
 
 
 def parse_document(raw: bytes) -> tuple[Reading, dict[str, Any] | None]:

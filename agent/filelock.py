@@ -11,12 +11,13 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
-
-import portalocker
+from typing import IO, TYPE_CHECKING, Any
 
 from agent.errors import LockError
 from agent.fsutil import PRIVATE_FILE, atomic_write, ensure_private_dir
+
+if TYPE_CHECKING:  # imported when a lock is taken: `credsync token` usually takes none
+    import portalocker
 
 
 def _touch_private(path: Path) -> None:
@@ -34,6 +35,8 @@ class FileLock:
 
     def acquire(self, timeout_s: float) -> IO[Any]:
         _touch_private(self.path)
+        import portalocker
+
         lock = portalocker.Lock(str(self.path), mode="r+", timeout=timeout_s,
                                 check_interval=0.02, fail_when_locked=False)
         try:

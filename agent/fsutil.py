@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import stat
 import tempfile
+import time
+from collections.abc import Collection
 from pathlib import Path
 
 from agent.errors import StoreError
@@ -76,16 +80,27 @@ def atomic_write(path: Path, data: bytes, mode: int = PRIVATE_FILE) -> None:
 
 
 def read_bytes(path: Path, limit: int) -> bytes | None:
-    """The file's bytes (at most ``limit`` + 1), or None when it does not exist."""
+    """The file's bytes (at most ``limit`` + 1), or None when it does not exist.
+
+    Only a regular file is read: a FIFO put where a credential file belongs would otherwise
+    block the reader forever, and a device (``/dev/zero``) never ends.
+    """
     try:
-        with open(path, "rb") as fh:
-            return fh.read(limit + 1)
-    except FileNotFoundError:
-        return None
-    except NotADirectoryError:
+        # Non-blocking open: opening a FIFO with no writer returns at once instead of hanging.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:
         raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise StoreError(f"cannot read {path}: not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            return fh.read(limit + 1)
+    except OSError as exc:
+        raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
 
 
 def stat_signature(path: Path) -> tuple[int, int, int] | None:
@@ -95,3 +110,114 @@ def stat_signature(path: Path) -> tuple[int, int, int] | None:
     except OSError:
         return None
     return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+# --- who else could touch a file we write ---------------------------------------------------
+#
+# The rule (OpenSSH's StrictModes, applied to the directory a file is renamed into):
+# - a directory is safe when it is owned by us or by root, and is not writable by group or
+#   others, unless it is sticky AND ours (others may then add entries, never rename or remove
+#   ours). A sticky directory of someone else's (/tmp for a normal user) is refused: anyone can
+#   plant the file's name there first.
+# - an existing entry must be a regular file of ours, or a symlink (owned by us or root) to a
+#   regular file of ours or to nothing yet; the directory of the link and the directory of its
+#   target must both be safe.
+# Only the immediate directories are checked, not every ancestor. With the directories safe,
+# nobody else can swap the entry between the check and the write.
+# Not POSIX (Windows): ownership is ACLs, not modes; nothing is checked here.
+
+
+def _our_uid() -> int | None:
+    return os.geteuid() if hasattr(os, "geteuid") else None
+
+
+def unsafe_dir_reason(directory: Path) -> str | None:
+    """Why other users could replace a file written into ``directory``, or None if they cannot."""
+    uid = _our_uid()
+    if uid is None:
+        return None
+    try:
+        st = os.stat(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return None  # created 0700 (by ensure_private_dir) when the file is written
+    except OSError as exc:
+        return f"cannot inspect its directory {directory}: {exc.strerror or exc}"
+    if st.st_uid not in (uid, 0):
+        return (f"its directory {directory} is owned by uid {st.st_uid}, not by you (uid {uid}); "
+                "choose a directory of your own")
+    mode = stat.S_IMODE(st.st_mode)
+    shared = mode & (stat.S_IWGRP | stat.S_IWOTH)
+    if shared and not (mode & stat.S_ISVTX and st.st_uid == uid):
+        return (f"its directory {directory} is writable by other users (mode {mode:04o}); "
+                f"run `chmod go-w {directory}` or choose a private directory")
+    return None
+
+
+def unsafe_write_reason(path: Path) -> str | None:
+    """Why writing ``path`` could hand its content to another user, or None when it is safe."""
+    uid = _our_uid()
+    if uid is None:
+        return None
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return unsafe_dir_reason(path.parent)
+    except OSError as exc:
+        return f"cannot inspect it: {exc.strerror or exc}"
+    if stat.S_ISLNK(st.st_mode):
+        return _unsafe_link_reason(path, st.st_uid, uid)
+    if not stat.S_ISREG(st.st_mode):
+        return "it is not a regular file; remove it or point the sink elsewhere"
+    if st.st_uid != uid:
+        return (f"it is owned by uid {st.st_uid}, not by you (uid {uid}); remove it or point "
+                "the sink elsewhere")
+    return unsafe_dir_reason(path.parent)
+
+
+def _unsafe_link_reason(path: Path, link_uid: int, uid: int) -> str | None:
+    if link_uid not in (uid, 0):
+        return (f"it is a symlink owned by uid {link_uid}, not by you (uid {uid}); remove it "
+                "or point the sink elsewhere")
+    target = Path(os.path.realpath(path))
+    try:
+        st = os.stat(target)
+    except (FileNotFoundError, NotADirectoryError):
+        st = None
+    except OSError as exc:
+        return f"it is a symlink to {target}, which cannot be inspected: {exc.strerror or exc}"
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        return (f"it is a symlink to {target}, which is not a regular file; remove the link or "
+                "point the sink elsewhere")
+    if st is not None and st.st_uid != uid:
+        return (f"it is a symlink to {target}, a file owned by uid {st.st_uid}, not by you "
+                f"(uid {uid}); remove the link or point the sink at a file of your own")
+    return unsafe_dir_reason(path.parent) or unsafe_dir_reason(target.parent)
+
+
+# What atomic_write's mkstemp names look like: "." + the target's name + "." + 8 random
+# characters + ".tmp". A writer killed between mkstemp and rename leaves one behind.
+_TEMP_NAME = re.compile(r"\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp")
+
+
+def remove_stale_temps(directory: Path, older_than_s: float,
+                       targets: Collection[str] | None = None,
+                       now: float | None = None) -> list[Path]:
+    """Remove the temp files interrupted atomic writes left in ``directory`` (for ``targets``
+    only, when given); only those older than ``older_than_s``, since a younger one may be a
+    write in progress in another process. Returns what was removed; never raises."""
+    now = time.time() if now is None else now
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP_NAME.fullmatch(entry.name)
+        if match is None or (targets is not None and match["target"] not in targets):
+            continue
+        with contextlib.suppress(OSError):
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode) and now - st.st_mtime > older_than_s:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from agent import lockowner
 from agent.errors import LockError
 
 STORAGE_WRITE_STALE_S = 15.0
@@ -31,8 +32,12 @@ class MkdirLock:
         update_s: float | None = None,
         wall: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        marked: bool = False,
     ) -> None:
         self.path = path
+        # credsync's own locks carry an owner mark and free a lock whose marked owner died
+        # (agent.lockowner); the CLI's locks, and the simulated CLI's, are left unmarked.
+        self.marked = marked
         self.stale_s = stale_s
         self.update_s = update_s if update_s is not None else max(stale_s / 2, 0.1)
         self._wall = wall
@@ -48,6 +53,8 @@ class MkdirLock:
     def _try_mkdir(self) -> bool:
         try:
             os.mkdir(self.path, 0o700)
+            if self.marked:
+                lockowner.mark(self.path)
         except FileExistsError:
             return False
         except FileNotFoundError as exc:
@@ -63,6 +70,8 @@ class MkdirLock:
             return None
 
     def _remove_if_stale(self) -> None:
+        if self.marked and lockowner.remove_if_orphaned(self.path):
+            return
         age = self._age()
         if age is not None and age > self.stale_s:
             # Another contender may take it over first; either way one of us wins the mkdir.
@@ -117,16 +126,24 @@ class MkdirLock:
             self.release()
 
 
-def storage_write_lock(config_dir: Path) -> MkdirLock:
-    return MkdirLock(config_dir / ".storage-write.lock", stale_s=STORAGE_WRITE_STALE_S)
+def storage_write_lock(config_dir: Path, marked: bool = False) -> MkdirLock:
+    return MkdirLock(config_dir / ".storage-write.lock", stale_s=STORAGE_WRITE_STALE_S,
+                     marked=marked)
 
 
-def oauth_refresh_lock(config_dir: Path) -> MkdirLock:
+def oauth_refresh_lock(config_dir: Path, marked: bool = False) -> MkdirLock:
     return MkdirLock(config_dir / ".oauth_refresh.lock", stale_s=OAUTH_REFRESH_STALE_S,
-                     update_s=OAUTH_REFRESH_UPDATE_S)
+                     update_s=OAUTH_REFRESH_UPDATE_S, marked=marked)
 
 
-def legacy_refresh_lock(config_dir: Path) -> MkdirLock:
+def legacy_refresh_lock(config_dir: Path, marked: bool = False) -> MkdirLock:
     real = Path(os.path.realpath(config_dir))
     return MkdirLock(real.parent / f"{real.name}.lock", stale_s=OAUTH_REFRESH_STALE_S,
-                     update_s=OAUTH_REFRESH_UPDATE_S)
+                     update_s=OAUTH_REFRESH_UPDATE_S, marked=marked)
+
+
+def release_orphans(config_dir: Path) -> list[Path]:
+    """Remove every lock of ``config_dir`` left by a dead credsync process; return them."""
+    locks = [storage_write_lock(config_dir), oauth_refresh_lock(config_dir),
+             legacy_refresh_lock(config_dir)]
+    return [lock.path for lock in locks if lockowner.remove_if_orphaned(lock.path)]

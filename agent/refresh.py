@@ -21,10 +21,9 @@ import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from agent.clock import Clock
-from agent.config import RefreshSection
 from agent.credential import Credential, ReadState
 from agent.errors import InvalidGrantError, LockError, StoreError, TransientRefreshError
 from agent.filelock import FileLock
@@ -33,10 +32,14 @@ from agent.reconcile import choose_winner
 from agent.state import Journal, StateDir, token_hash
 from agent.stores.base import Store
 
+if TYPE_CHECKING:  # pydantic stays out of `credsync token`'s start-up
+    from agent.config import RefreshSection
+
 log = logging.getLogger("credsync.refresh")
 
 CLI_LOCK_WAIT_S = 10.0
-MIN_INTERVAL_S = 10.0  # never refresh again sooner than this after our own refresh
+MIN_INTERVAL_S = 10.0  # never refresh again sooner than this after our own refresh...
+MIN_INTERVAL_FRACTION = 0.25  # ...or than this fraction of the lifetime, when that is shorter
 REFRESH_FILE = "refresh.json"
 
 
@@ -89,7 +92,10 @@ class Schedule:
         latest = cred.expires_at - self.section.client_window_s - self.section.margin_s
         due = min(planned, latest)
         if last_refresh_at is not None:
-            due = max(due, last_refresh_at + MIN_INTERVAL_S)  # a misconfiguration never loops
+            # A misconfiguration never loops. The floor shrinks with the lifetime: a fixed 10 s
+            # after a refresh of a token that lives only seconds would let it expire first.
+            floor = min(MIN_INTERVAL_S, lifetime_s * MIN_INTERVAL_FRACTION)
+            due = max(due, last_refresh_at + floor)
         return due
 
 
@@ -192,7 +198,8 @@ class Coordinator:
     # ----- locks -------------------------------------------------------------------------
     def cli_locks(self) -> list[MkdirLock]:
         dirs = sorted({Path(os.path.realpath(d)) for d in self.config_dirs if d.is_dir()})
-        return [*(oauth_refresh_lock(d) for d in dirs), *(legacy_refresh_lock(d) for d in dirs)]
+        return [*(oauth_refresh_lock(d, marked=True) for d in dirs),
+                *(legacy_refresh_lock(d, marked=True) for d in dirs)]
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -231,7 +238,12 @@ class Coordinator:
         if cred.refresh_token in self.journal:
             return self._lost(cred, now, "its refresh token was sent before and the answer is "
                                          "unknown (credsync stopped or the answer was lost)")
-        self.journal.record(cred.refresh_token)
+        try:
+            self.journal.record(cred.refresh_token)
+        except (OSError, StoreError) as exc:
+            # Unrecorded, it could be sent twice after a crash: send nothing (disk full).
+            log.warning("cannot record the refresh in the journal (%s); not refreshing", exc)
+            return Outcome("transient", cred, f"cannot write the journal: {exc}")
         log.info("refreshing %s (expires %.0f s from now)", cred.fingerprint,
                  cred.expires_at - now)
         try:
@@ -246,8 +258,13 @@ class Coordinator:
             self.records.set_auth(state, now, str(exc), cred.fingerprint)
             return Outcome("transient", cred, str(exc), exc.retry_after_s)
         new = result.credential
-        # Persisted before anything else: a successful answer is never discarded.
-        self.state.save_last_good(new)
+        # Persisted before anything else: a successful answer is never discarded. A state dir
+        # that refuses it (disk full) must not stop the stores, which are persistence too.
+        try:
+            self.state.save_last_good(new)
+        except StoreError as exc:
+            log.error("cannot save the new login in the state dir (%s); writing the stores",
+                      exc)
         self.records.record_refresh(new, result.expires_in, self.clock.now())
         self.records.save()
         self._write_stores(new)
@@ -328,6 +345,11 @@ class RefreshDriver:
         if self.blocked_on is not None and self.blocked_on != winner.fingerprint:
             self.blocked_on = None  # a new login: the user logged in again
         self.deadline = self.coordinator.deadline(winner)
+
+    def clock_moved(self, delta: float) -> None:
+        """The wall clock jumped by ``delta`` (back): a pending retry keeps its delay."""
+        if self.retry_at is not None:
+            self.retry_at += delta
 
     def next_at(self) -> float | None:
         if self.current is None or self.blocked_on == self.current.fingerprint:

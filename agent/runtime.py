@@ -11,20 +11,23 @@ from typing import TYPE_CHECKING
 
 from agent.build import build_stores, close_stores, state_dir
 from agent.clock import Clock, SystemClock
-from agent.config import Settings
 from agent.credential import Credential
 from agent.errors import AgentAlreadyRunning, LockError, RefreshError, ReloginRequired
-from agent.filelock import InstanceLock
 from agent.refresh import Coordinator, Outcome, RefreshDriver, RefreshResultLike
-from agent.status import Status, collect, iso
 
+# `credsync token` imports this module: what only the other commands need (pydantic through
+# the config, portalocker, the status report) is imported where it is used.
 if TYPE_CHECKING:
+    from agent.config import Settings
     from agent.refresher import HttpRefresher
+    from agent.status import Status
 
 log = logging.getLogger("credsync")
 
 
 def run_agent(settings: Settings, config_path: Path, events: queue.Queue[object]) -> str:
+    from agent.filelock import InstanceLock
+
     state = state_dir(settings)
     state.ensure()
     instance = InstanceLock(state.path)
@@ -105,14 +108,28 @@ def refresh_now(settings: Settings) -> Outcome:
         return coord.run(coord.best(), force=True)
 
 
+def _fresh(settings: Settings, coord: Coordinator, best: Credential | None) -> str | None:
+    now = coord.clock.now()
+    if best is not None and best.expires_at > now and (
+            not settings.refresh.enabled or now < coord.deadline(best)):
+        return best.access_token
+    return None
+
+
+def fresh_token(settings: Settings) -> str | None:
+    """The access token when it is valid and not due for a refresh; None otherwise (then
+    ``valid_token`` decides, under the locks). Only reads."""
+    with coordinator(settings, SystemClock()) as coord:
+        return _fresh(settings, coord, coord.best())
+
+
 def valid_token(settings: Settings) -> str:
     """An access token that is valid now, refreshing under the locks when it is due."""
     with coordinator(settings, SystemClock()) as coord:
         best = coord.best()
-        now = coord.clock.now()
-        if best is not None and best.expires_at > now and (
-                not settings.refresh.enabled or now < coord.deadline(best)):
-            return best.access_token
+        token = _fresh(settings, coord, best)
+        if token is not None:
+            return token
         if best is None:
             raise ReloginRequired(_relogin_message("no valid login in any store"))
         outcome = coord.run(best)
@@ -131,6 +148,8 @@ def _relogin_message(why: str) -> str:
 
 
 def collect_status(settings: Settings, config_path: Path) -> Status:
+    from agent.status import collect, iso
+
     clock = SystemClock()
     stores = build_stores(settings)
     try:
@@ -155,6 +174,7 @@ def collect_status(settings: Settings, config_path: Path) -> Status:
 def refresh_status(settings: Settings, status: Status, now: float) -> dict[str, object]:
     """The refresh part of ``credsync status``: state, lifetime and the next deadline."""
     from agent.refresh import RefreshState, Schedule
+    from agent.status import iso
 
     records = RefreshState(state_dir(settings))
     auth = records.auth

@@ -93,16 +93,21 @@ def collect(stores: Sequence[Store], state: StateDir, config_file: str, now: flo
     candidates = [r.valid for s in stores if s.is_source and (r := readings[s.name]).valid]
     last_good = state.load_last_good()
     best = choose_winner([*candidates, *([last_good] if last_good else [])], rejected)
+    # The agent's last failed write to a store (disk full, permission denied), until it succeeds.
+    saved_errors = saved.get("write_errors")
+    errors: dict[str, Any] = saved_errors if isinstance(saved_errors, dict) else {}
     rows = []
     for store in stores:
         reading = readings[store.name]
         cred = reading.credential
+        state_, detail = store_state(reading, best, memory.get(store.name)), reading.detail
+        if state_ != "in-sync" and isinstance(errors.get(store.name), str):
+            state_, detail = "error", f"write failed: {errors[store.name]}"
         rows.append(StoreStatus(
-            name=store.name, kind=store.kind, location=store.location,
-            state=store_state(reading, best, memory.get(store.name)),
+            name=store.name, kind=store.kind, location=store.location, state=state_,
             fingerprint=cred.fingerprint if cred and cred.access_token else None,
             expires_at=iso(cred.expires_at) if cred and cred.expires_at_ms > 1 else None,
-            detail=reading.detail))
+            detail=detail))
     pid = InstanceLock(state.path).holder()
     login_state = "none" if best is None else ("ok" if best.expires_at > now else "expired")
     return Status(config_file, pid is not None, pid, str(state.path), login_state, best, rows)

@@ -20,7 +20,9 @@ from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
+    FileClosedEvent,
     FileClosedNoWriteEvent,
+    FileMovedEvent,
     FileOpenedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
@@ -32,6 +34,9 @@ from watchdog.observers.api import BaseObserver, ObservedWatch
 @dataclass(frozen=True)
 class FileChanged:
     path: Path
+    # The writer is done with it: renamed into place (the CLI's atomic replace) or closed after
+    # writing. Nothing more of this write is coming, so the agent need not wait out its debounce.
+    complete: bool = False
 
 
 @dataclass(frozen=True)
@@ -64,12 +69,15 @@ class _Handler(FileSystemEventHandler):
     def on_any_event(self, event: FileSystemEvent) -> None:
         if isinstance(event, (FileOpenedEvent, FileClosedNoWriteEvent)):
             return
-        for raw in (event.src_path, getattr(event, "dest_path", "")):
+        dest = getattr(event, "dest_path", "")
+        for raw in (event.src_path, dest):
             if not raw:
                 continue
             path = Path(os.fsdecode(raw))
             if path in self._targets:
-                self._events.put(FileChanged(path))
+                complete = (isinstance(event, FileClosedEvent) or
+                            (isinstance(event, FileMovedEvent) and raw == dest))
+                self._events.put(FileChanged(path, complete))
             if (isinstance(event, (DirCreatedEvent, DirDeletedEvent, DirMovedEvent))
                     and path in self._ancestors):
                 self._events.put(DirsChanged())

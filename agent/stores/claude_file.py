@@ -18,7 +18,7 @@ from agent.credential import (
 )
 from agent.errors import LockError, StoreError
 from agent.fsutil import atomic_write, read_bytes, write_target
-from agent.mkdirlock import storage_write_lock
+from agent.mkdirlock import release_orphans, storage_write_lock
 
 FILE_NAME = ".credentials.json"
 # Another process may be half-way through an in-place write: re-read for this long while the
@@ -88,10 +88,14 @@ class ClaudeFileStore:
         if not self.config_dir.is_dir():
             raise StoreError(f"config dir {self.config_dir} does not exist")
         try:
-            with storage_write_lock(self.config_dir).hold(self.lock_timeout_s):
+            with storage_write_lock(self.config_dir, marked=True).hold(self.lock_timeout_s):
                 return self._write_locked(cred)
         except LockError as exc:
             raise StoreError(f"cannot write {self.path}: {exc}") from exc
+
+    def release_orphaned_locks(self) -> list[Path]:
+        """Free this config dir's locks left by a credsync process that died holding them."""
+        return release_orphans(self.config_dir) if self.config_dir.is_dir() else []
 
     def _write_locked(self, cred: Credential) -> bool:
         reading, doc = self.read_document()

@@ -2,11 +2,17 @@
 
 Formats: ``claude`` (the CLI's document, merged into what is at the path), ``access-token`` (the
 token and a newline), ``env`` (``NAME=value``), ``json`` (``{"access_token", "expires_at"}``).
+
+A sink is refused (StoreError on write, an ``error`` reading) when another user could read or
+redirect it: see ``agent.fsutil.unsafe_write_reason`` for the rule. The token formats take only a
+bearer token (RFC 6750 ``b64token``): anything else could break the line or, in a sourced env
+file, run as a command.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +22,20 @@ from agent.credential import (
     Reading,
     ReadState,
     merged_document,
+    ms_or_none,
     parse_document,
 )
 from agent.errors import StoreError
-from agent.fsutil import atomic_write, ensure_private_dir, read_bytes, write_target
+from agent.fsutil import (
+    atomic_write,
+    ensure_private_dir,
+    read_bytes,
+    unsafe_write_reason,
+    write_target,
+)
 from agent.stores.claude_file import require_writable
+
+BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 s.2.1 b64token
 
 
 class SinkStore:
@@ -41,7 +56,16 @@ class SinkStore:
     def _existing(self) -> bytes | None:
         return read_bytes(self.path, MAX_DOCUMENT_BYTES)
 
+    def _refusal(self) -> str | None:
+        reason = unsafe_write_reason(self.path)
+        return f"refusing to write {self.path}: {reason}" if reason else None
+
     def render(self, cred: Credential, existing: bytes | None) -> bytes:
+        if self.format in ("access-token", "env") and \
+                not BEARER_TOKEN.fullmatch(cred.access_token):
+            raise StoreError(f"refusing to write {self.path}: access token {cred.fingerprint} "
+                             f"is not a bearer token (RFC 6750) and would break the "
+                             f"{self.format} format")
         if self.format == "access-token":
             return cred.access_token.encode() + b"\n"
         if self.format == "env":
@@ -54,6 +78,9 @@ class SinkStore:
         return json.dumps(merged_document(doc, cred), indent=2).encode() + b"\n"
 
     def read(self) -> Reading:
+        refusal = self._refusal()
+        if refusal is not None:
+            return Reading(ReadState.ERROR, detail=refusal)
         try:
             raw = self._existing()
         except StoreError as exc:
@@ -74,22 +101,43 @@ class SinkStore:
             if name != self.env_var:
                 return Reading(ReadState.INVALID, detail=f"expected {self.env_var}=...")
         else:
-            try:
-                obj = json.loads(text)
-                token, expires = str(obj["access_token"]), int(obj["expires_at"])
-            except (ValueError, KeyError, TypeError):
-                return Reading(ReadState.INVALID, detail="not the json sink format")
+            parsed = _parse_json_sink(text)
+            if isinstance(parsed, str):
+                return Reading(ReadState.INVALID, detail=parsed)
+            token, expires = parsed
         if not token:
             return Reading(ReadState.CLEARED, detail="empty")
+        if not BEARER_TOKEN.fullmatch(token):
+            return Reading(ReadState.INVALID, detail="not a bearer token (RFC 6750)")
         # A sink holds only the access token: the credential read back is partial.
         return Reading(ReadState.VALID, Credential.build(token, "", expires))
 
     def write(self, cred: Credential) -> bool:
         require_writable(cred)
         ensure_private_dir(self.path.parent)
+        refusal = self._refusal()
+        if refusal is not None:
+            raise StoreError(refusal)
         existing = self._existing()
         data = self.render(cred, existing)
         if existing == data:
             return False
         atomic_write(write_target(self.path), data)
         return True
+
+
+def _parse_json_sink(text: str) -> tuple[str, int] | str:
+    """(token, expires_at) from the json format, or what is wrong with it."""
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        return "not the json sink format (not JSON)"
+    if not isinstance(obj, dict):
+        return f"not the json sink format (a {type(obj).__name__}, expected an object)"
+    token, expires = obj.get("access_token"), obj.get("expires_at")
+    if not isinstance(token, str):
+        return f"access_token is {type(token).__name__}, expected a string"
+    expires_ms = ms_or_none(expires)
+    if expires_ms is None:
+        return f"expires_at is {type(expires).__name__} or out of range, expected milliseconds"
+    return token, expires_ms

@@ -1,0 +1,1 @@
+"""Measurements of credsync (``python -m agent.bench.<name>``); nothing in the agent uses them."""

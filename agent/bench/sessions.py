@@ -1,0 +1,100 @@
+"""Sessions: the 12-session world over many token lifetimes, without and with credsync.
+
+``python -m agent.bench.sessions [--lifetimes 20] [--lifetime-s 3] [--json PATH]`` runs the world
+of ``agent.sim.world`` (12 simulated Claude Code sessions in 4 config dirs sharing one login,
+against one simulated OAuth server) for the current CLI model and the older one (release 2.1.37,
+no compare-and-swap), each without and with the real agent. It prints a table and writes the
+same figures as JSON. Goal with credsync: 0 forced re-logins, 0 invalid_grant, 1.00 token
+requests per rotation. A missed goal makes the exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.bench import kit
+from agent.sim.world import WorldConfig, WorldResult, format_results, run_world
+
+DEFAULT_JSON = Path("bench-results-sessions.json")
+
+
+@dataclass(frozen=True)
+class SessionsConfig:
+    sessions: int = 12
+    dirs: int = 4
+    lifetimes: float = 20.0
+    lifetime_s: float = 3.0
+    clis: tuple[bool, ...] = (True, False)  # compare-and-swap: the current CLI, then 2.1.37
+
+    def worlds(self) -> list[WorldConfig]:
+        return [WorldConfig(sessions=self.sessions, dirs=self.dirs, lifetimes=self.lifetimes,
+                            lifetime_s=self.lifetime_s, cas=cas, agent=agent)
+                for cas in self.clis for agent in (False, True)]
+
+
+def goal_rows(result: kit.Result, run: WorldResult) -> None:
+    """The issue's goals apply to the runs with credsync; the others are shown for contrast."""
+    judged = run.agent
+    per_rotation = run.requests_per_rotation
+    result.row(run.label, "forced re-logins", str(run.forced_relogins), "0" if judged else "",
+               run.forced_relogins == 0 if judged else None)
+    result.row(run.label, "invalid_grant", str(run.invalid_grants), "0" if judged else "",
+               run.invalid_grants == 0 if judged else None)
+    shown = "-" if per_rotation is None else f"{per_rotation:.2f}"
+    result.row(run.label, "token requests per rotation", shown, "1.00" if judged else "",
+               (per_rotation == 1.0 and not run.errors) if judged else None)
+    for problem in run.errors:
+        result.row(run.label, "problem", problem, "none", False)
+
+
+def run(cfg: SessionsConfig, progress: Callable[[str], None] | None = None
+        ) -> tuple[kit.Result, list[WorldResult]]:
+    result = kit.Result("sessions")
+    runs: list[WorldResult] = []
+    for world in cfg.worlds():
+        if progress is not None:
+            progress(f"sessions: {world.label}: {world.sessions} sessions, {world.dirs} dirs, "
+                     f"{world.lifetimes:g} lifetimes of {world.lifetime_s:g} s")
+        outcome = run_world(world)
+        runs.append(outcome)
+        goal_rows(result, outcome)
+    result.data = {"config": {"sessions": cfg.sessions, "dirs": cfg.dirs,
+                              "lifetimes": cfg.lifetimes, "lifetime_s": cfg.lifetime_s},
+                   "runs": [r.to_json() for r in runs]}
+    return result, runs
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m agent.bench.sessions",
+                                     description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--sessions", type=int, default=12)
+    parser.add_argument("--dirs", type=int, default=4)
+    parser.add_argument("--lifetimes", type=float, default=20.0,
+                        help="token lifetimes per run (at least 20 for the issue's figure)")
+    parser.add_argument("--lifetime-s", type=float, default=3.0,
+                        help="access token lifetime in seconds")
+    parser.add_argument("--current-only", action="store_true",
+                        help="only the current CLI model (skip release 2.1.37)")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON,
+                        help=f"where to write the figures (default: ./{DEFAULT_JSON})")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    cfg = SessionsConfig(args.sessions, args.dirs, args.lifetimes, args.lifetime_s,
+                         (True,) if args.current_only else (True, False))
+    result, runs = run(cfg, lambda line: print(line, file=sys.stderr, flush=True))
+    print(format_results(runs))
+    print()
+    print(kit.render_table(result.rows))
+    kit.write_json(args.json, [result])
+    return 1 if result.missed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
