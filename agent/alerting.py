@@ -71,7 +71,8 @@ class Alerting:
         self.notifier = notifier
         self.state = state
         saved = state.file(ALERTS_FILE)
-        text = saved.read_text() if saved.is_file() else ""
+        # Undecodable bytes become a parse error below: a damaged file starts the policy afresh.
+        text = saved.read_text(errors="replace") if saved.is_file() else ""
         self.policy = (AlertPolicy.from_json(text, settings, clock) if text
                        else AlertPolicy(settings, clock))
         self._saved = self.policy.to_json()
@@ -107,6 +108,7 @@ def load_active_alert(state: StateDir, settings: NotifySection, clock: Clock) ->
     if not saved.is_file():
         return None
     try:
-        return AlertPolicy.from_json(saved.read_text(), settings, clock).active_alert
+        return AlertPolicy.from_json(saved.read_text(errors="replace"), settings,
+                                     clock).active_alert
     except OSError:
         return None

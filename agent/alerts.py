@@ -247,7 +247,7 @@ class AlertPolicy:
         policy = cls(settings, clock)
         try:
             policy._load(json.loads(text))
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:
             log.warning("alert state unreadable (%s); starting afresh, an alert may repeat once",
                         type(exc).__name__)
             return cls(settings, clock)

@@ -228,12 +228,9 @@ _TOML_FILE: dict[str, Path | None] = {"path": None}
 
 
 def config_path(explicit: Path | None, env: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if env is None else env
-    if explicit is not None:
-        return paths.expand(explicit)
-    if env.get("CREDSYNC_CONFIG"):
-        return paths.expand(env["CREDSYNC_CONFIG"])
-    return paths.default_config_file()
+    """``--config``, else ``$CREDSYNC_CONFIG``, else the user config dir (one rule, shared with
+    the settings cache that `credsync token` reads without this module)."""
+    return settings_cache.config_path(explicit, env)
 
 
 def _check_toml(path: Path) -> None:

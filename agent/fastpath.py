@@ -47,14 +47,13 @@ def try_token(argv: Sequence[str]) -> int | None:
     if view is None:
         return None
     settings = cast("Settings", view)  # the same fields, validated earlier (settings_cache)
-    from agent.errors import CredsyncError
     from agent.logsetup import setup_logging
     from agent.runtime import fresh_token
 
     try:
         setup_logging(settings.agent.log_level, settings.agent.log_file, stderr=False)
         token = fresh_token(settings)
-    except (CredsyncError, OSError):
+    except Exception:  # an optimisation never fails a command: the full path decides and reports
         return None
     if token is None:
         return None

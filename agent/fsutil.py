@@ -60,7 +60,10 @@ def fsync_dir(path: Path) -> None:
 def atomic_write(path: Path, data: bytes, mode: int = PRIVATE_FILE) -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new file, never a part."""
     target = write_target(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:  # a directory we may not write (or a full inode table): no temp
+        raise StoreError(f"cannot write {target}: {exc.strerror or exc}") from exc
     try:
         try:
             os.fchmod(fd, mode)

@@ -60,9 +60,10 @@ def tag(pid: int | None = None) -> bytes | None:
     return f"{host} {pid} {start}".encode()
 
 
-def mark(path: Path) -> None:
-    """Mark ``path`` (a lock directory just made) as held by this process; best effort."""
-    value = tag()
+def mark(path: Path, value: bytes | None) -> None:
+    """Mark ``path`` (a lock directory just made) with ``tag()``, computed before the mkdir so
+    that a kill between the two is as unlikely as can be; best effort. A lock left unmarked
+    falls back to the stale rule."""
     if value is None or not hasattr(os, "setxattr"):
         return
     with contextlib.suppress(OSError):

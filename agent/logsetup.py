@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 from io import TextIOWrapper
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import TextIO
 
-from agent.credential import fingerprint_of
+from agent.credential import redact
 from agent.errors import ConfigError, StoreError
 from agent.fsutil import PRIVATE_FILE, ensure_private_dir
 
@@ -29,13 +28,6 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
 # Claude tokens (sk-ant-...), and any long base64url-ish run: JWTs, opaque tokens, secrets.
-_TOKEN = re.compile(r"sk-ant-[A-Za-z0-9_\-]+|[A-Za-z0-9_\-]{40,}={0,2}")
-
-
-def redact(text: str) -> str:
-    return _TOKEN.sub(lambda m: f"[redacted:{fingerprint_of(m.group(0))}]", text)
-
-
 class RedactingFilter(logging.Filter):
     """Rewrites a record's message, arguments, traceback and stack with secrets redacted."""
 

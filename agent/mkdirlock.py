@@ -51,10 +51,11 @@ class MkdirLock:
         return self._held
 
     def _try_mkdir(self) -> bool:
+        owner = lockowner.tag() if self.marked else None
         try:
             os.mkdir(self.path, 0o700)
-            if self.marked:
-                lockowner.mark(self.path)
+            if owner is not None:
+                lockowner.mark(self.path, owner)
         except FileExistsError:
             return False
         except FileNotFoundError as exc:

@@ -238,6 +238,9 @@ class Coordinator:
         if cred.refresh_token in self.journal:
             return self._lost(cred, now, "its refresh token was sent before and the answer is "
                                          "unknown (credsync stopped or the answer was lost)")
+        prepare = getattr(self.refresher, "prepare", None)
+        if callable(prepare):
+            prepare()  # build the HTTP client first: journal-to-send must be as short as can be
         try:
             self.journal.record(cred.refresh_token)
         except (OSError, StoreError) as exc:

@@ -78,12 +78,16 @@ class LazyRefresher:
         self.clock = clock
         self._real: HttpRefresher | None = None
 
-    def refresh(self, cred: Credential) -> RefreshResultLike:
+    def prepare(self) -> HttpRefresher:
+        """Build the HTTP client now (the coordinator calls this before journaling a token)."""
         if self._real is None:
             from agent.refresher import HttpRefresher
 
             self._real = HttpRefresher.from_settings(self.settings.refresh, self.clock)
-        return self._real.refresh(cred)
+        return self._real
+
+    def refresh(self, cred: Credential) -> RefreshResultLike:
+        return self.prepare().refresh(cred)
 
     def close(self) -> None:
         if self._real is not None:

@@ -41,7 +41,7 @@ class StateDir:
         try:
             raw = read_bytes(self.file(name), MAX_STATE_BYTES)
             obj = json.loads(raw) if raw else {}
-        except (StoreError, ValueError):
+        except (StoreError, ValueError, RecursionError):  # nested too deeply for json
             return {}  # a damaged state file is rebuilt; it never holds the only copy of a login
         return obj if isinstance(obj, dict) else {}
 
@@ -77,7 +77,8 @@ class Journal:
             return False
         wanted, spent = token_hash(refresh_token), False
         try:
-            with open(self.path) as fh:
+            # A damaged line (bad bytes) matches no hash; it must not stop every refresh.
+            with open(self.path, encoding="utf-8", errors="replace") as fh:
                 for line in fh:
                     if line[1:].strip() == wanted:
                         spent = line.startswith("+")

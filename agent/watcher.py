@@ -17,11 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from watchdog.events import (
+    DirAttribEvent,
     DirCreatedEvent,
     DirDeletedEvent,
+    DirModifiedEvent,
     DirMovedEvent,
+    FileAttribEvent,
     FileClosedEvent,
     FileClosedNoWriteEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
     FileMovedEvent,
     FileOpenedEvent,
     FileSystemEvent,
@@ -29,6 +35,15 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
+
+# Every kind of event but a file being opened or closed unwritten, which the handler ignores:
+# asked of inotify this way, the kernel does not even report them. That matters because the
+# agent reads every store each round (two such events per file read, for no purpose).
+WATCHED_EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent, FileModifiedEvent, FileAttribEvent, FileClosedEvent, FileMovedEvent,
+    FileDeletedEvent, DirCreatedEvent, DirModifiedEvent, DirAttribEvent, DirDeletedEvent,
+    DirMovedEvent,
+]
 
 
 @dataclass(frozen=True)
@@ -122,7 +137,8 @@ class Watcher:
             if inode is None:
                 continue
             try:
-                watch = self._observer.schedule(self._handler, str(directory), recursive=False)
+                watch = self._observer.schedule(self._handler, str(directory), recursive=False,
+                                                event_filter=WATCHED_EVENTS)
             except OSError:
                 continue  # vanished between the check and the watch; the next sync retries
             self._watches[directory] = (watch, inode)

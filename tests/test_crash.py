@@ -35,7 +35,7 @@ from pathlib import Path
 import pytest
 
 from agent import lockowner
-from agent.credential import Credential, fingerprint_of, parse_document
+from agent.credential import Credential, fingerprint_of
 from agent.filelock import FileLock
 from agent.sim.server import OAuthServer
 from agent.sim.session import SimSession
@@ -43,7 +43,6 @@ from agent.state import Journal, StateDir
 from agent.stores.claude_file import ClaudeFileStore
 from agent.stores.sink import SinkStore
 from tests.agentproc import REPO, AgentProcess, wait_for, write_config
-from tests.factories import write_doc
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +58,8 @@ class Tally:
     kinds: Counter[str] = field(default_factory=Counter)
     outcomes: Counter[str] = field(default_factory=Counter)
     orphaned_locks: int = 0  # lock dirs a killed process left behind (freed on restart)
-    temp_files: int = 0  # temp files a killed atomic write left behind
+    unmarked_locks: int = 0  # killed between mkdir and marking: left to the stale rule
+    temp_files: set[Path] = field(default_factory=set)  # left by a killed atomic write
     command_kills: int = 0
     settle_s: list[float] = field(default_factory=list)
 
@@ -67,7 +67,8 @@ class Tally:
         self.kinds += other.kinds
         self.outcomes += other.outcomes
         self.orphaned_locks += other.orphaned_locks
-        self.temp_files += other.temp_files
+        self.unmarked_locks += other.unmarked_locks
+        self.temp_files |= other.temp_files
         self.command_kills += other.command_kills
         self.settle_s += other.settle_s
 
@@ -139,7 +140,7 @@ class CrashWorld:
         return sum(1 for r in self.server.log() if r.fingerprint == fp)
 
     # ----- the checks --------------------------------------------------------------------
-    def check_after_kill(self, dead_pids: list[int]) -> Credential:
+    def check_after_kill(self) -> Credential:
         """Every store parses; return the freshest credential persisted anywhere."""
         creds = []
         for store in self.files:
@@ -157,11 +158,17 @@ class CrashWorld:
             path = self.state / name
             if path.exists():
                 assert isinstance(json.loads(path.read_text()), dict), name
-        self.tally.temp_files += len(self.temp_files())
+        self.tally.temp_files.update(self.temp_files())
         for lock in self.lock_dirs():
-            # Left by a killed process: it must be recognisably an orphan, freed on restart.
+            # Left by a killed process (nothing else runs now): recognisably an orphan, freed
+            # on restart; or, killed between mkdir and marking, an unmarked one that waits for
+            # its stale time like a CLI's (that wait is test_faults'; here it is skipped).
             owner = os.getxattr(lock, lockowner.ATTR) if _has_attr(lock) else None
-            assert lockowner.is_orphaned(owner), f"{lock} left unmarked by pids {dead_pids}"
+            if owner is None:
+                self.tally.unmarked_locks += 1
+                os.utime(lock, (time.time() - 61, time.time() - 61))
+                continue
+            assert lockowner.is_orphaned(owner), f"{lock} held by a live process {owner!r}"
             self.tally.orphaned_locks += 1
         return max(creds, key=lambda c: c.expires_at_ms)
 
@@ -250,19 +257,21 @@ class CrashWorld:
     # ----- one cycle ---------------------------------------------------------------------
     def cycle(self) -> None:
         agent = self.agent or self.start()
-        kind = self.rng.choice(["agent", "agent", "command", "command", "fanout"])
+        kind = self.rng.choices(["agent", "random", "command", "fanout"], [7, 4, 5, 4])[0]
         self.tally.kinds[kind] += 1
-        slow = self.rng.random() < 0.3
-        if slow and kind != "fanout":
+        if kind != "fanout" and self.rng.random() < 0.2:
             self.server.inject_delay(self.rng.uniform(0.02, 0.15))
-        dead = [agent.proc.pid]
-        if kind == "agent":
+        if kind == "random":
+            # Anywhere in the agent's life: start-up, rounds, a refresh from its very start.
+            time.sleep(self.rng.uniform(0, 1.0))
+            self.kill(agent.proc)
+        elif kind == "agent":
             self.requests.clear()
             wait_for(self.requests.is_set, 10, "the agent's own refresh", interval_s=0.002)
             time.sleep(self.rng.uniform(0, 0.2))  # the random moment of the kill
             self.kill(agent.proc)
         elif kind == "command":
-            dead += self.command_cycle(agent)
+            self.command_cycle(agent)
         else:
             self.session.step(time.time())
             time.sleep(self.rng.uniform(0, 0.05))
@@ -270,12 +279,12 @@ class CrashWorld:
         agent.kill()
         self.server.clear_faults()
         rotations = self.server.stats().rotations
-        persisted = self.check_after_kill(dead)
+        persisted = self.check_after_kill()
         self.agent = None
         self.start()
         self.settle(persisted, rotations)
 
-    def command_cycle(self, agent: AgentProcess) -> list[int]:
+    def command_cycle(self, agent: AgentProcess) -> None:
         self.requests.clear()
         cmd = subprocess.Popen([sys.executable, "-m", "agent.cli", "refresh", "--config",
                                 str(self.config)], cwd=REPO, stdout=subprocess.PIPE,
@@ -293,7 +302,6 @@ class CrashWorld:
             assert kill_cmd or cmd.returncode in (0, 1, 3), err
         finally:
             self.kill(cmd)
-        return [cmd.pid] if kill_cmd else []
 
     def close(self) -> None:
         if self.agent is not None:
@@ -349,7 +357,8 @@ def test_sigkill_at_random_moments_loses_no_login(tmp_path: Path) -> None:
     assert sum(total.kinds.values()) >= CYCLES
     print(f"\ncrash: {sum(total.kinds.values())} kills ({dict(total.kinds)}), {rotations} "
           f"rotations, outcomes {dict(total.outcomes)}, {total.command_kills} refresh commands "
-          f"killed, {total.orphaned_locks} orphaned locks freed, {total.temp_files} temp files "
-          f"left, settle max {max(total.settle_s):.2f} s")
+          f"killed, {total.orphaned_locks} orphaned locks freed ({total.unmarked_locks} "
+          f"unmarked), {len(total.temp_files)} temp "
+          f"files left, settle max {max(total.settle_s):.2f} s")
     # The run exercised what it claims to: rotations that were kept and ones that were lost.
     assert total.outcomes["kept"] > CYCLES // 2

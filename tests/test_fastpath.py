@@ -22,7 +22,7 @@ from agent.config import load_settings
 from agent.fastpath import token_args
 from agent.state import StateDir
 from agent.stores.claude_file import ClaudeFileStore
-from agent.watcher import FileChanged, _Handler
+from agent.watcher import FileChanged, Watcher, _Handler
 from tests.agentproc import REPO, write_config
 from tests.factories import make_cred, write_cred
 
@@ -180,3 +180,22 @@ def test_the_cache_never_holds_a_token(tmp_path: Path, cache_home: Path) -> None
     text = (cache_home / "credsync" / "settings.json").read_text()
     assert fresh.access_token not in text and fresh.refresh_token not in text
     assert json.loads(text)["inputs"]["path"] == str(path)
+
+
+def test_the_watcher_does_not_ask_inotify_about_reads(tmp_path: Path) -> None:
+    from watchdog.observers import Observer
+    from watchdog.observers.inotify_c import InotifyConstants as C
+
+    observer = Observer()
+    watcher = Watcher([tmp_path / "cfg" / ".credentials.json"], queue.Queue(), observer)
+    watcher.start()
+    try:
+        masks = [e.get_event_mask_from_filter() for e in observer.emitters]  # type: ignore[attr-defined]
+        assert masks
+        for mask in masks:
+            assert not mask & (C.IN_OPEN | C.IN_CLOSE_NOWRITE)  # the agent's own reads
+            for wanted in (C.IN_MOVED_TO, C.IN_MOVED_FROM, C.IN_CREATE, C.IN_DELETE,
+                           C.IN_MODIFY, C.IN_CLOSE_WRITE, C.IN_ATTRIB, C.IN_DELETE_SELF):
+                assert mask & wanted
+    finally:
+        watcher.stop()

@@ -104,8 +104,10 @@ class Scene:
         path = self.root / "log" / "credsync.log"
         return path.read_text() if path.exists() else ""
 
-    def temp_files(self) -> list[Path]:
-        return [p for p in self.root.rglob("*.tmp")]
+    def temp_files(self) -> set[Path]:
+        """Temp files anywhere credsync writes (a sink may live outside the root)."""
+        places = [self.root, *(s.path.parent for s in self.sinks)]
+        return {p for place in places for p in place.rglob("*.tmp")}
 
 
 def make_scene(root: Path, sink_dirs: Sequence[Path] = (), keychain: bool = False,
@@ -332,12 +334,12 @@ def assert_sink_error_then_retried(scene: Scene, bad: SinkStore, old: Credential
     row = scene.row(bad.name)
     assert message in row["detail"], row
     assert bad.path.read_text() == old.access_token + "\n"
-    assert scene.temp_files() == [], "a partial file was left behind"
+    assert scene.temp_files() == set(), "a partial file was left behind"
     heal()
     # Retried by itself: no further event is needed.
     wait_for(lambda: scene.sink_holds(bad, newer), 10, "the sink written after the fault")
     wait_for(lambda: scene.row(bad.name)["state"] == "in-sync", 5, "the error cleared")
-    assert scene.temp_files() == []
+    assert scene.temp_files() == set()
 
 
 def test_disk_full_on_one_sink(tmp_path: Path) -> None:

@@ -11,8 +11,11 @@ import contextlib
 import datetime as dt
 import json
 import os
+import queue
 import string
+import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -22,7 +25,10 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from keyring.backends import SecretService
 
+from agent.agent import GARBAGE_GRACE_S, Agent
+from agent.clock import FakeClock
 from agent.config import (
     MAX_CONFIG_BYTES,
     SECRET_LOCS,
@@ -42,12 +48,16 @@ from agent.credential import (
     reading_from_document,
 )
 from agent.errors import ConfigError, StoreError
-from agent.status import iso
+from agent.sim.server import OAuthServer
+from agent.state import StateDir
+from agent.status import collect, iso, render_text
+from agent.stores.base import Store
 from agent.stores.claude_file import ClaudeFileStore
-from agent.stores.keychain import KeychainCalls, KeychainStore, MemoryKeyring
+from agent.stores.keychain import KeychainBackend, KeychainCalls, KeychainStore, MemoryKeyring
 from agent.stores.sink import SinkStore
-from tests.agentproc import credsync
-from tests.factories import make_cred
+from tests.agentproc import AgentProcess, credsync, wait_for, write_config
+from tests.factories import make_cred, write_doc
+from tests.realkeyring import RealKeyring, real_keyring  # noqa: F401
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -56,6 +66,7 @@ else:  # pragma: no cover
 
 BASE_MS = 1_900_000_000_000
 FORMATS = ("claude", "access-token", "env", "json")
+KEYRING_APPID = "Python keyring library"  # keyring's SecretService backend adds this attribute
 # Fast examples: hypothesis runs each property in well under a second per hundred.
 FAST = settings(max_examples=150, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -98,7 +109,7 @@ raw_documents = st.one_of(
     st.binary(max_size=200),
     st.text(max_size=200).map(lambda t: t.encode(errors="surrogatepass")),
     documents.map(dump_json),
-    st.sampled_from([b"[" * 100_000, b'{"claudeAiOauth": ' * 50_000, b"\xef\xbb\xbf{}",
+    st.sampled_from([b"[" * 5_000, b'{"claudeAiOauth": ' * 3_000, b"\xef\xbb\xbf{}",
                      b'{"claudeAiOauth": {"accessToken": "a", "refreshToken": "b", '
                      b'"expiresAt": 1e400}}']))
 
@@ -305,6 +316,124 @@ def test_a_fifo_where_a_credential_file_belongs_does_not_block(tmp_path: Path) -
         _in_thread(lambda: load_settings(tmp_path / "config.toml"))
 
 
+# --- the agent: a whole round over hostile stores and a hostile state dir ---------------------
+
+state_files = st.fixed_dictionaries({}, optional={
+    "agent.json": raw_documents | json_values.map(lambda v: dump_json({"stores": {"x": v},
+                                                                        "rejected": v})),
+    "refresh.json": raw_documents | json_values.map(lambda v: dump_json({"auth": v,
+                                                                          "rejected": v})),
+    "last-good.json": raw_documents,
+    "alerts.json": raw_documents})
+
+
+@settings(max_examples=60, deadline=None)
+@given(files=st.lists(raw_documents, min_size=2, max_size=2), item=st.none() | st.text(
+    max_size=100) | documents.map(json.dumps), sinks=st.lists(raw_documents, min_size=4,
+                                                              max_size=4), state=state_files)
+def test_the_agent_survives_any_stores_and_state(files: list[bytes], item: str | None,
+                                                 sinks: list[bytes],
+                                                 state: dict[str, bytes]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        dirs = [root / "cfg0", root / "cfg1"]
+        for d, raw in zip(dirs, files, strict=True):
+            d.mkdir()
+            (d / ".credentials.json").write_bytes(raw)
+        backend = MemoryKeyring()
+        keychain = KeychainStore(backend, calls=KeychainCalls(timeout_s=5))
+        if item is not None:
+            backend.set_password(keychain.service, keychain.account, item)
+        sink_stores = [SinkStore(root / "sinks" / fmt, fmt) for fmt in FORMATS]
+        (root / "sinks").mkdir(mode=0o700)
+        for store, raw in zip(sink_stores, sinks, strict=True):
+            store.path.write_bytes(raw)
+        (root / "state").mkdir(mode=0o700)
+        for name, raw in state.items():
+            (root / "state" / name).write_bytes(raw)
+        stores: list[Store] = [*(ClaudeFileStore(d, sleep=lambda _: None) for d in dirs),
+                               keychain, *sink_stores]
+        clock = FakeClock(BASE_MS / 1000 - 3600)
+        agent = Agent(stores, StateDir(root / "state"), clock, queue.Queue())
+        try:
+            agent.load()
+            agent.reconcile()
+            clock.advance(GARBAGE_GRACE_S + 0.1)
+            report = agent.reconcile()  # garbage now settled: repaired, if there is a login
+            status = collect(stores, StateDir(root / "state"), "c.toml", clock.now())
+            json.dumps(status.to_json())
+            render_text(status)
+        finally:
+            keychain.close()
+        if report.winner is not None:
+            # Every CLI file now holds the winner, cleared and garbage ones too, except where
+            # the document says the user logged out (no claudeAiOauth entry).
+            for d in dirs:
+                reading, _ = parse_document((d / ".credentials.json").read_bytes())
+                if reading.state is not ReadState.LOGGED_OUT:
+                    assert reading.valid is not None, reading
+                    assert reading.valid.same_tokens(report.winner)
+
+
+def test_garbage_in_the_real_keychain_is_an_error_or_invalid_never_a_crash(
+        real_keyring: RealKeyring) -> None:  # noqa: F811
+    backend: KeychainBackend = SecretService.Keyring()  # type: ignore[no-untyped-call]
+    store = KeychainStore(backend, calls=KeychainCalls(timeout_s=5))
+    # secret-tool stores raw bytes: not UTF-8, oversized, nested, an infinite expiry
+    hostile = [b"\xff\xfe\x00garbage", b"x" * (MAX_DOCUMENT_BYTES + 10), b"[" * 50_000,
+               b'{"claudeAiOauth": {"accessToken": "a", "refreshToken": "b", '
+               b'"expiresAt": 1e400}}']
+    try:
+        for raw in hostile:
+            # keyring's own attributes: the very item credsync reads and replaces
+            subprocess.run(["secret-tool", "store", "--label=hostile", "service", store.service,
+                            "username", store.account, "application", KEYRING_APPID],
+                           input=raw, env=real_keyring.env, capture_output=True, timeout=10,
+                           check=True)
+            reading = store.read()
+            assert reading.state in (ReadState.INVALID, ReadState.ERROR), (raw[:20], reading)
+            exercise(reading)
+            good = make_cred(BASE_MS)
+            if reading.state is ReadState.INVALID:
+                assert store.write(good) is True and store.read().valid == good
+    finally:
+        store.close()
+
+
+HOSTILE_STATE = {"agent.json": b"\xff\xfe", "refresh.json": b"[" * 100_000,
+                 "last-good.json": b"{" * 100_000, "alerts.json": b"\xff" + b"[" * 50_000,
+                 "journal": b"\xff\xfe+abc\n" + b"\x00" * 100}
+
+
+@pytest.mark.integration
+def test_a_damaged_state_dir_never_stops_credsync(tmp_path: Path) -> None:
+    # The state dir is private, but a crash, a full disk or a bad restore can damage it: every
+    # command and the agent must carry on (rebuilding what they need), never show a traceback.
+    dirs = [tmp_path / "cfg0", tmp_path / "cfg1"]
+    dirs[1].mkdir()
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    for name, raw in HOSTILE_STATE.items():
+        (state / name).write_bytes(raw)
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("CREDSYNC_")}
+    with OAuthServer(access_lifetime_s=3600) as server:
+        write_doc(dirs[0], {"claudeAiOauth": server.issue_login()})
+        config = write_config(tmp_path / "config.toml", dirs, state, keychain=False,
+                              refresh={"token_url": server.url, "jitter": 0})
+        for args, code, first in ((["status"], 0, "config:"), (["refresh"], 0, "refreshed:")):
+            out = credsync([*args, "--config", str(config)], env=env)
+            assert "Traceback" not in out.stderr, out.stderr
+            assert out.returncode == code and out.stdout.startswith(first), out
+        agent = AgentProcess(config, env)
+        try:
+            agent.wait_started(state)
+            wait_for(lambda: (dirs[1] / ".credentials.json").exists(), 10, "the fan-out")
+        finally:
+            agent.stop()
+        assert agent.proc.returncode == 0 and "Traceback" not in agent.output(), agent.output()
+        assert server.stats().invalid_grants == 0
+
+
 # --- the config loader -----------------------------------------------------------------------
 
 def _fields(model: Any) -> list[str]:
@@ -446,7 +575,8 @@ def test_any_bytes_as_a_config_file_load_or_are_a_clear_error(workdir: Path, raw
 
 SECRET = "sk-ant-ort01-" + "Zq9" * 20
 # Values pasted into the wrong place: the error must not repeat them.
-secret_values = st.sampled_from([SECRET, f"x{SECRET}", f"http {SECRET}", f"{SECRET}:1"])
+secret_values = st.sampled_from([SECRET, f"x{SECRET}", f"http {SECRET}", f"{SECRET}:1",
+                                "sim-rt-" + "Q" * 32])
 scalar_locs = [(s, k) for s, keys in SECTIONS.items() for k in keys]
 
 
@@ -467,7 +597,9 @@ def test_config_errors_never_echo_a_secret(workdir: Path, loc: tuple[str, str], 
     with credsync_env(env):
         outcome = load_outcome(path)
     if isinstance(outcome, ConfigError):
-        assert SECRET not in str(outcome)  # a token pasted anywhere is redacted
+        if isinstance(value, str):
+            assert value not in str(outcome)  # a token pasted anywhere is not repeated
+        assert SECRET not in str(outcome)
         if loc in SECRET_LOCS:
             assert str(value) not in str(outcome)  # a secret field's value is never shown
 

@@ -245,9 +245,9 @@ def run_scenarios(w: World) -> None:
     assert "31337" not in err
     bad.unlink()  # the test's own input, not something credsync wrote
     env_bad = {**w.env, "CREDSYNC_REFRESH__TOKEN_URL": third.access_token}
-    out = credsync(["status", "--config", str(w.config)], env=env_bad)
-    assert out.returncode == 2 and "CREDSYNC_REFRESH__TOKEN_URL" in out.stderr
-    w.outputs["bad environment: stderr"] = out.stderr
+    proc = credsync(["status", "--config", str(w.config)], env=env_bad)
+    assert proc.returncode == 2 and "CREDSYNC_REFRESH__TOKEN_URL" in proc.stderr
+    w.outputs["bad environment: stderr"] = proc.stderr
 
     w.agent.stop()
 
@@ -361,8 +361,8 @@ def test_store_refusals_never_carry_a_token(tmp_path: Path) -> None:
         with pytest.raises(StoreError) as caught:
             store.write(c)
         texts.append(exception_text(caught.value))
-    texts += [repr(cred), str(cred), repr(parse_document(json.dumps(
-        {"claudeAiOauth": cred.to_json_obj()}).encode()))]
+    reading = parse_document(json.dumps({"claudeAiOauth": cred.to_json_obj()}).encode())[0]
+    texts += [repr(cred), str(cred), repr(reading), str(reading)]
     for text in texts:
         assert not found_in(text, {cred.access_token, cred.refresh_token, hostile.access_token,
                                    hostile.refresh_token}), text
