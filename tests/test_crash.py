@@ -1,7 +1,7 @@
 """SIGKILL the agent at random moments of refresh and fan-out cycles; nothing may be lost.
 
 Real processes against the simulated OAuth server, with a two-second token lifetime so that the
-agent refreshes on its own about every second. A cycle starts the agent, lets one of three things
+agent refreshes on its own about every second. A cycle starts the agent, lets one of four things
 happen and kills it at a random moment:
 
 - ``agent``: the agent's own refresh; the kill lands a random time after its request reached the
@@ -9,7 +9,9 @@ happen and kills it at a random moment:
 - ``command``: ``credsync refresh`` in another process at the same time; that process is killed
   too in half of these cycles;
 - ``fanout``: a CLI session (the simulated CLI, under the CLI's locks) rotates the token in one
-  dir; the agent is killed while it copies the new login to the other stores.
+  dir; the agent is killed while it copies the new login to the other stores;
+- ``random``: at any moment in the first second of its life (start-up, first rounds, a refresh
+  from its very beginning).
 
 After each kill, before anything restarts: every store parses. After the restart: every store
 holds the freshest credential that was persisted, and either its refresh token is unspent on the

@@ -17,6 +17,7 @@ import json
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,7 @@ def run_all(names: Sequence[str], mode: str) -> list[kit.Result]:
         try:
             result = _external(name, mode) if name in EXTERNAL_ARGS else _ours(name, mode)
         except Exception as exc:  # one broken benchmark must not lose the others' figures
+            traceback.print_exc(file=sys.stderr)
             result = kit.Result(name)
             result.row("-", "failed", f"{type(exc).__name__}: {str(exc)[:200]}", "runs", False)
         result.data["elapsed_s"] = round(time.monotonic() - start, 1)
