@@ -21,7 +21,7 @@ from agent.errors import StoreError
 from agent.fsutil import remove_stale_temps, stat_signature, write_target
 from agent.reconcile import Plan, StoreMemory, plan_round
 from agent.refresh import RefreshDriver
-from agent.state import StateDir
+from agent.state import StateDir, token_hash
 from agent.stores.base import Store
 from agent.watcher import DirsChanged, FileChanged
 
@@ -165,12 +165,13 @@ class Agent:
             self.refresh.coordinator.records.reload()
             rejected |= self.refresh.coordinator.records.rejected
         last_good = self.state.load_last_good()
+        spent = self.refresh.coordinator.journal.spent() if self.refresh is not None else set()
         plan = plan_round(readings, sources, self.memory, last_good,
-                          rejected, now, settled, self.logout_aware)
+                          rejected, now, settled, self.logout_aware, spent)
         self.rejected |= rejected - self._server_rejected()
         report = RoundReport(plan.winner, plan=plan)
         if plan.winner is not None:
-            self._apply(plan, plan.winner, report)
+            self._apply(plan, plan.winner, report, spent)
         self._schedule_retry(report, readings, now)
         if self.refresh is not None:
             self.refresh.observe(plan.winner)
@@ -202,7 +203,8 @@ class Agent:
     def _server_rejected(self) -> set[str]:
         return self.refresh.coordinator.records.rejected if self.refresh is not None else set()
 
-    def _apply(self, plan: Plan, winner: Credential, report: RoundReport) -> None:
+    def _apply(self, plan: Plan, winner: Credential, report: RoundReport,
+               spent: set[str]) -> None:
         if not winner.same_tokens(self.state.load_last_good()):
             try:
                 self.state.save_last_good(winner)
@@ -211,8 +213,12 @@ class Agent:
         by_name = {s.name: s for s in self.stores}
         for name in plan.writes:
             store = by_name[name]
+            held = self.readings[name].valid if name in self.readings else None
+            # A credential whose refresh token was already redeemed is superseded by the
+            # winner even if it claims a later expiry (the server shortened the lifetime).
+            supersedes = held if held and token_hash(held.refresh_token) in spent else None
             try:
-                changed = store.write(winner)
+                changed = store.write(winner, supersedes)
             except StoreError as exc:
                 report.failed[name] = str(exc)
                 log.warning("%s: write failed: %s", name, exc)

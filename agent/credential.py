@@ -99,6 +99,12 @@ class Credential:
     def same_tokens(self, other: Credential | None) -> bool:
         return other is not None and dict(self.oauth) == dict(other.oauth)
 
+    def newer_than(self, other: Credential | None, supersedes: Credential | None) -> bool:
+        """Would writing ``other`` over this one go backwards? Not when ``other`` supersedes
+        exactly this credential: a refresh answer replaces the login it was redeemed from even
+        when the server gave it a shorter life."""
+        return self.fresher_than(other) and not self.same_tokens(supersedes)
+
     def fresher_than(self, other: Credential | None) -> bool:
         return other is None or self.expires_at_ms > other.expires_at_ms
 

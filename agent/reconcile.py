@@ -49,8 +49,17 @@ class Plan:
     waiting: list[str] = field(default_factory=list)  # garbage still inside its grace time
 
 
-def choose_winner(candidates: list[Credential], rejected: set[str]) -> Credential | None:
-    return freshest([c for c in candidates if token_hash(c.refresh_token) not in rejected])
+def choose_winner(candidates: list[Credential], rejected: set[str],
+                  spent: set[str] | None = None) -> Credential | None:
+    """The freshest credential the server has not refused. One whose refresh token was already
+    sent loses to any whose token was not: after a refresh, the answer wins even when the server
+    gave it a shorter life than the credential it replaces."""
+    usable = [c for c in candidates
+              if not c.is_blank and token_hash(c.refresh_token) not in rejected]
+    if not spent:
+        return freshest(usable)
+    unspent = [c for c in usable if token_hash(c.refresh_token) not in spent]
+    return freshest(unspent) or freshest(usable)
 
 
 def plan_round(
@@ -62,12 +71,13 @@ def plan_round(
     now: float,
     settled: set[str] | None = None,
     logout_aware: set[str] | None = None,
+    spent: set[str] | None = None,
 ) -> Plan:
     """Decide one round. ``memory`` is updated in place; ``settled`` names garbage stores whose
     content has stayed the same long enough to be repaired (None: all of them);
     ``logout_aware`` names the stores where a removal means a logout (None: every source)."""
     candidates = [r.valid for n, r in readings.items() if n in sources and r.valid]
-    winner = choose_winner([*candidates, *([last_good] if last_good else [])], rejected)
+    winner = choose_winner([*candidates, *([last_good] if last_good else [])], rejected, spent)
     plan = Plan(winner)
     aware = sources if logout_aware is None else logout_aware
     for name, reading in readings.items():
@@ -77,7 +87,7 @@ def plan_round(
         # A credential the server refused may have been the winner: decide again without it.
         rejected |= set(plan.newly_rejected)
         return plan_round(readings, sources, memory, last_good, rejected, now, settled,
-                          logout_aware)
+                          logout_aware, spent)
     return plan
 
 

@@ -189,7 +189,7 @@ class Coordinator:
         last_good = self.state.load_last_good()
         if last_good is not None:
             candidates.append(last_good)
-        return choose_winner(candidates, self.records.rejected)
+        return choose_winner(candidates, self.records.rejected, self.journal.spent())
 
     def deadline(self, cred: Credential) -> float:
         lifetime, _ = self.schedule.lifetime(self.records.lifetime_s)
@@ -306,8 +306,10 @@ class Coordinator:
             # cleared and missing CLI stores are the agent's decision, not the refresher's.
             if reading.state is not ReadState.VALID and store.kind == "claude-file":
                 continue
+            held = reading.valid
+            spent = held is not None and held.refresh_token in self.journal
             try:
-                store.write(cred)
+                store.write(cred, held if spent else None)
             except StoreError as exc:
                 log.warning("%s: write failed after refresh: %s", store.name, exc)
 

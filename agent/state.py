@@ -86,6 +86,17 @@ class Journal:
             return False
         return spent
 
+    def spent(self) -> set[str]:
+        """Hashes of every refresh token sent and not answered as unspent."""
+        last: dict[str, bool] = {}
+        try:
+            with open(self.path, encoding="utf-8", errors="replace") as fh:
+                for line in fh:
+                    last[line[1:].strip()] = line.startswith("+")
+        except FileNotFoundError:
+            return set()
+        return {h for h, sent in last.items() if sent}
+
     def _append(self, line: str) -> None:
         ensure_private_dir(self.path.parent)
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE)

@@ -25,7 +25,7 @@ from typing import Any
 from agent.credential import Credential, Reading, ReadState
 from agent.filelock import InstanceLock
 from agent.reconcile import StoreMemory, choose_winner
-from agent.state import StateDir
+from agent.state import Journal, StateDir
 from agent.stores.base import Store
 
 
@@ -92,7 +92,8 @@ def collect(stores: Sequence[Store], state: StateDir, config_file: str, now: flo
     rejected = {str(x) for x in saved.get("rejected", []) if isinstance(x, str)}
     candidates = [r.valid for s in stores if s.is_source and (r := readings[s.name]).valid]
     last_good = state.load_last_good()
-    best = choose_winner([*candidates, *([last_good] if last_good else [])], rejected)
+    spent = Journal(state.file("journal")).spent()
+    best = choose_winner([*candidates, *([last_good] if last_good else [])], rejected, spent)
     # The agent's last failed write to a store (disk full, permission denied), until it succeeds.
     saved_errors = saved.get("write_errors")
     errors: dict[str, Any] = saved_errors if isinstance(saved_errors, dict) else {}

@@ -203,3 +203,28 @@ def test_driver_after_suspend_waits_a_short_random_delay(setup) -> None:  # type
     clock.advance(delay)
     out = driver.due(clock.now())
     assert out is not None and out.kind == "refreshed" and len(refresher.sent) == 1
+
+
+def test_a_refresh_answer_with_a_shorter_life_still_replaces_the_spent_login(
+        setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import queue
+
+    from agent.agent import Agent
+
+    coord, refresher, clock, dirs = setup
+    old = make_cred(int((START + 2 * HOUR) * 1000))
+    for d in dirs:
+        write_cred(d, old)
+    refresher.lifetime = 0.5 * HOUR  # the server shortened the lifetime
+    out = coord.run(old, force=True)
+    assert out.kind == "refreshed" and out.credential is not None
+    new = out.credential
+    assert new.expires_at < old.expires_at
+    assert all(ClaudeFileStore(d).read().valid == new for d in dirs)
+    # a store still holding the spent login (written by a slow process) is brought forward too
+    write_cred(dirs[1], old)
+    agent = Agent(coord.stores, coord.state, clock, queue.Queue(),
+                  refresh=RefreshDriver(coord, Backoff()))
+    report = agent.reconcile()
+    assert report.winner == new
+    assert all(ClaudeFileStore(d).read().valid == new for d in dirs)

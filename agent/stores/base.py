@@ -23,8 +23,9 @@ class Store(Protocol):
         """What the store holds now. Raises nothing for a damaged store: the reading says so."""
         ...
 
-    def write(self, cred: Credential) -> bool:
-        """Make the store hold ``cred``; False when it already did (nothing written).
+    def write(self, cred: Credential, supersedes: Credential | None = None) -> bool:
+        """Make the store hold ``cred``; False when it already did (nothing written), or when
+        it holds a fresher credential other than ``supersedes`` (never go backwards).
 
         Raises StoreError when it cannot, and for a blank credential (never written anywhere).
         """

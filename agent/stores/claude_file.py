@@ -83,13 +83,13 @@ class ClaudeFileStore:
     def read(self) -> Reading:
         return self.read_document()[0]
 
-    def write(self, cred: Credential) -> bool:
+    def write(self, cred: Credential, supersedes: Credential | None = None) -> bool:
         require_writable(cred)
         if not self.config_dir.is_dir():
             raise StoreError(f"config dir {self.config_dir} does not exist")
         try:
             with storage_write_lock(self.config_dir, marked=True).hold(self.lock_timeout_s):
-                return self._write_locked(cred)
+                return self._write_locked(cred, supersedes)
         except LockError as exc:
             raise StoreError(f"cannot write {self.path}: {exc}") from exc
 
@@ -97,10 +97,11 @@ class ClaudeFileStore:
         """Free this config dir's locks left by a credsync process that died holding them."""
         return release_orphans(self.config_dir) if self.config_dir.is_dir() else []
 
-    def _write_locked(self, cred: Credential) -> bool:
+    def _write_locked(self, cred: Credential, supersedes: Credential | None) -> bool:
         reading, doc = self.read_document()
         current = reading.valid
-        if current is not None and (current.same_tokens(cred) or current.fresher_than(cred)):
+        if current is not None and (current.same_tokens(cred)
+                                    or current.newer_than(cred, supersedes)):
             # Same login, or someone wrote a fresher one since we decided: never go backwards.
             return False
         if reading.state is ReadState.INVALID:

@@ -333,13 +333,14 @@ class KeychainStore:
     def read(self) -> Reading:
         return self.read_document()[0]
 
-    def write(self, cred: Credential) -> bool:
+    def write(self, cred: Credential, supersedes: Credential | None = None) -> bool:
         if cred.is_blank:
             raise StoreError("refusing to write a blank credential")
         raw = self._get()  # KeychainUnavailable propagates: a write must not be guessed
         reading, doc = parse_document(raw.encode()) if raw is not None else (None, None)
         current = reading.valid if reading is not None else None
-        if current is not None and (current.same_tokens(cred) or current.fresher_than(cred)):
+        if current is not None and (current.same_tokens(cred)
+                                    or current.newer_than(cred, supersedes)):
             return False  # same login (no keychain rewrite), or a fresher one: never go back
         if reading is not None and reading.state is ReadState.INVALID:
             doc = None  # garbage is replaced whole

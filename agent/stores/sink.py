@@ -112,7 +112,7 @@ class SinkStore:
         # A sink holds only the access token: the credential read back is partial.
         return Reading(ReadState.VALID, Credential.build(token, "", expires))
 
-    def write(self, cred: Credential) -> bool:
+    def write(self, cred: Credential, supersedes: Credential | None = None) -> bool:
         require_writable(cred)
         ensure_private_dir(self.path.parent)
         refusal = self._refusal()
