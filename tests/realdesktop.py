@@ -28,10 +28,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.realkeyring import environ_overlay
 
 NOTIFICATIONS = "org.freedesktop.Notifications"
 START_DEADLINE_S = 10.0
@@ -109,25 +111,6 @@ def require_tools() -> None:
         # Never a skip: CI installs these (xvfb dbus-daemon dbus-bin dunst imagemagick).
         raise RuntimeError(f"missing {', '.join(missing)}: apt-get install xvfb dbus-daemon "
                            "dbus-bin dunst imagemagick")
-
-
-@contextlib.contextmanager
-def environ_overlay(values: Mapping[str, str | None]) -> Iterator[None]:
-    """Set (or, for None, remove) variables in os.environ; restore them on exit."""
-    saved = {name: os.environ.get(name) for name in values}
-    try:
-        for name, value in values.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
