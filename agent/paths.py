@@ -38,4 +38,5 @@ def current_claude_config_dir(env: Mapping[str, str] | None = None) -> Path:
 
 
 def expand(path: str | Path) -> Path:
-    return Path(os.path.expandvars(str(path))).expanduser()
+    # os.path.expanduser leaves an unknown ``~user`` as it is; Path.expanduser raises.
+    return Path(os.path.expanduser(os.path.expandvars(str(path))))

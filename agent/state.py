@@ -93,8 +93,8 @@ class Journal:
             with open(self.path, encoding="utf-8", errors="replace") as fh:
                 for line in fh:
                     last[line[1:].strip()] = line.startswith("+")
-        except FileNotFoundError:
-            return set()
+        except OSError:
+            return set()  # unreadable: ranking falls back to expiry; sending still checks
         return {h for h, sent in last.items() if sent}
 
     def _append(self, line: str) -> None:

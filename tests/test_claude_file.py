@@ -176,9 +176,9 @@ def test_the_lock_is_held_while_the_file_is_replaced(config_dir: Path) -> None:
     lock = config_dir / ".storage-write.lock"
 
     class Spy(ClaudeFileStore):
-        def _write_locked(self, c: Credential) -> bool:
+        def _write_locked(self, c: Credential, supersedes: Credential | None) -> bool:
             seen.append(lock.is_dir())
-            return super()._write_locked(c)
+            return super()._write_locked(c, supersedes)
 
     assert Spy(config_dir).write(cred(1)) is True
     assert seen == [True]
