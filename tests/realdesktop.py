@@ -33,6 +33,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.sim.bus import BUS_CONFIG
 from tests.realkeyring import environ_overlay
 
 NOTIFICATIONS = "org.freedesktop.Notifications"
@@ -41,19 +42,6 @@ TOOLS = ("Xvfb", "dbus-daemon", "dbus-send", "dunst", "dunstctl", "import", "ide
 # Variables that would point a child at the user's real session or display.
 SCRUBBED = ("DBUS_SESSION_BUS_ADDRESS", "DISPLAY", "WAYLAND_DISPLAY", "XAUTHORITY")
 
-BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:path={socket}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>
-"""
 
 # Notifications stay up (timeout 0) so that a screenshot taken later still shows them.
 DUNSTRC = """[global]

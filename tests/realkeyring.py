@@ -28,6 +28,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.sim.bus import BUS_CONFIG
+
 SECRETS = "org.freedesktop.secrets"
 LOGIN_COLLECTION = "/org/freedesktop/secrets/collection/login"
 START_DEADLINE_S = 10.0
@@ -36,19 +38,6 @@ TOOLS = ("dbus-daemon", "dbus-send", "gnome-keyring-daemon", "secret-tool")
 SCRUBBED = ("DBUS_SESSION_BUS_ADDRESS", "DISPLAY", "WAYLAND_DISPLAY", "GNOME_KEYRING_CONTROL",
             "SSH_AUTH_SOCK")
 
-BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:path={socket}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>
-"""
 
 
 def require_tools() -> None:

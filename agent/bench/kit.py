@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from agent.sim.bus import BUS_CONFIG
+
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the directory holding ``agent``
 START_DEADLINE_S = 20.0
 STOP_DEADLINE_S = 10.0
@@ -202,19 +204,6 @@ class AgentRun:
 
 # --- a private keychain: gnome-keyring on its own D-Bus session bus ------------------------
 
-BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:path={socket}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>
-"""
 SECRETS = "org.freedesktop.secrets"
 SCRUBBED = ("DBUS_SESSION_BUS_ADDRESS", "DISPLAY", "WAYLAND_DISPLAY", "GNOME_KEYRING_CONTROL",
             "SSH_AUTH_SOCK")
