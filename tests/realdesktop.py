@@ -23,7 +23,6 @@ import json
 import os
 import select
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.sim.bus import BUS_CONFIG
+from agent.sim.bus import BUS_CONFIG, name_has_owner, stop_process
 from tests.realkeyring import environ_overlay
 
 NOTIFICATIONS = "org.freedesktop.Notifications"
@@ -102,13 +101,7 @@ def require_tools() -> None:
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+    stop_process(proc)
     if proc.stdout is not None:
         proc.stdout.close()
 
@@ -177,11 +170,7 @@ class Session:
             bus.stdout.fileno(), f"dbus-daemon ({self.log_tail('bus')})")
 
     def has_owner(self, name: str = NOTIFICATIONS) -> bool:
-        out = subprocess.run(
-            ["dbus-send", "--session", "--dest=org.freedesktop.DBus", "--type=method_call",
-             "--print-reply", "/org/freedesktop/DBus", "org.freedesktop.DBus.NameHasOwner",
-             f"string:{name}"], env=self.env, capture_output=True, timeout=5, check=True)
-        return b"boolean true" in out.stdout
+        return name_has_owner(self.env, name, check=True)
 
     def close(self) -> None:
         for proc in reversed(self.procs):

@@ -19,7 +19,6 @@ import contextlib
 import os
 import select
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.sim.bus import BUS_CONFIG
+from agent.sim.bus import BUS_CONFIG, name_has_owner, stop_process
 
 SECRETS = "org.freedesktop.secrets"
 LOGIN_COLLECTION = "/org/freedesktop/secrets/collection/login"
@@ -65,17 +64,6 @@ def environ_overlay(values: Mapping[str, str | None]) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-
-
-def _stop(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
 
 
 class RealKeyring:
@@ -121,11 +109,7 @@ class RealKeyring:
         return path.read_text(errors="replace")[-500:] if path.exists() else ""
 
     def has_owner(self, name: str = SECRETS) -> bool:
-        out = subprocess.run(
-            ["dbus-send", "--session", "--dest=org.freedesktop.DBus", "--type=method_call",
-             "--print-reply", "/org/freedesktop/DBus", "org.freedesktop.DBus.NameHasOwner",
-             f"string:{name}"], env=self.env, capture_output=True, timeout=5, check=True)
-        return b"boolean true" in out.stdout
+        return name_has_owner(self.env, name, check=True)
 
     def _wait_owner(self, present: bool) -> None:
         deadline = time.monotonic() + START_DEADLINE_S
@@ -151,7 +135,7 @@ class RealKeyring:
 
     def stop_daemon(self) -> None:
         """The keychain goes away (as when the daemon crashes or the session ends)."""
-        _stop(self.daemon)
+        stop_process(self.daemon)
         self.daemon = None
         self._wait_owner(False)
 
@@ -181,8 +165,8 @@ class RealKeyring:
         return [p for p in (self.bus, self.daemon) if p is not None]
 
     def close(self) -> None:
-        _stop(self.daemon)
-        _stop(self.bus)
+        stop_process(self.daemon)
+        stop_process(self.bus)
         for proc in (self.daemon, self.bus):
             if proc is not None and proc.stdout is not None:
                 proc.stdout.close()

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from agent.sim.bus import BUS_CONFIG
+from agent.sim.bus import BUS_CONFIG, name_has_owner
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the directory holding ``agent``
 START_DEADLINE_S = 20.0
@@ -256,11 +256,7 @@ class PrivateKeyring:
         wait_until(self._up, START_DEADLINE_S, "gnome-keyring on the private bus", 0.02)
 
     def _up(self) -> bool:
-        out = subprocess.run(
-            ["dbus-send", "--session", "--dest=org.freedesktop.DBus", "--type=method_call",
-             "--print-reply", "/org/freedesktop/DBus", "org.freedesktop.DBus.NameHasOwner",
-             f"string:{SECRETS}"], env=self.env, capture_output=True, timeout=5, check=False)
-        return b"boolean true" in out.stdout
+        return name_has_owner(self.env, SECRETS)
 
     def close(self) -> None:
         for proc in reversed(self.procs):
