@@ -140,11 +140,16 @@ def token(config_path: Path | None) -> None:
     The only command that prints a token. Exit 3 when a re-login is required.
     """
     with errors_to_exit():
+        from agent.config import config_path as chosen_config
+        from agent.tokennote import Note
+
+        note = Note(str(config_path) if config_path is not None else None)
+        note.begin(str(chosen_config(config_path)))  # read before the settings are
         settings, _ = load(config_path)
         quiet_logging(settings)
         from agent.runtime import valid_token
 
-        value = valid_token(settings)
+        value = valid_token(settings, note)
     click.echo(value)
 
 

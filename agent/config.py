@@ -30,7 +30,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from agent import paths, settings_cache
+from agent import paths
 from agent.credential import redact
 from agent.errors import ConfigError, StoreError
 from agent.fsutil import read_bytes
@@ -228,9 +228,14 @@ _TOML_FILE: dict[str, Path | None] = {"path": None}
 
 
 def config_path(explicit: Path | None, env: Mapping[str, str] | None = None) -> Path:
-    """``--config``, else ``$CREDSYNC_CONFIG``, else the user config dir (one rule, shared with
-    the settings cache that `credsync token` reads without this module)."""
-    return settings_cache.config_path(explicit, env)
+    """``--config``, else ``$CREDSYNC_CONFIG``, else the user config dir (the same rule as
+    ``agent.tokennote.resolve_config``, which `credsync token` uses without this module)."""
+    env = os.environ if env is None else env
+    if explicit is not None:
+        return paths.expand(explicit)
+    if env.get("CREDSYNC_CONFIG"):
+        return paths.expand(env["CREDSYNC_CONFIG"])
+    return paths.default_config_file()
 
 
 def _check_toml(path: Path) -> None:
@@ -362,8 +367,6 @@ def load_settings(explicit: Path | None = None) -> tuple[Settings, Path]:
         settings, path = _load(path, explicit is not None)
     except ConfigError as exc:
         raise ConfigError([_printable(line) for line in exc.problems]) from exc
-    # Remembered for `credsync token`, which then starts without pydantic (settings_cache).
-    settings_cache.store(path, settings)
     return settings, path
 
 

@@ -1,27 +1,22 @@
-"""``credsync token`` without click or pydantic, when nothing needs deciding.
+"""``credsync token`` without click, pydantic or the store modules, when nothing changed.
 
-Sessions run ``credsync token`` often (an API-key helper runs it per request), so its start-up is
-most of its cost. When the settings validated earlier still hold (``agent.settings_cache``) and
-the freshest login is valid and not due for a refresh, this prints its token and ends: the same
-reads, the same logging set-up and the same output as the full command. In every other case
-(other arguments, a changed config, a refresh due, no login, any error) it returns None and the
-full command runs, which decides, reports and sets the exit code as always.
+Sessions run ``credsync token`` often, so its start-up is most of its cost. When the note the
+last full ``credsync token`` left still holds (``agent.tokennote``: same config, environment,
+code, credential and state files, deadline not reached), this prints the same token and ends.
+In every other case (other arguments, any changed input, a refresh due, no note, any error) it
+returns None and the full command runs, which decides, reports, sets the exit code and leaves a
+new note. This module and ``agent.tokennote`` import only the standard library's lightest parts.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, cast
-
-if TYPE_CHECKING:
-    from agent.config import Settings
 
 __all__ = ["main", "token_args", "try_token"]
 
 
-def token_args(argv: Sequence[str]) -> tuple[bool, Path | None]:
+def token_args(argv: Sequence[str]) -> tuple[bool, str | None]:
     """(is it exactly ``token [--config PATH]``, the path given)."""
     args = list(argv)
     if not args or args[0] != "token":
@@ -30,31 +25,20 @@ def token_args(argv: Sequence[str]) -> tuple[bool, Path | None]:
     if not rest:
         return True, None
     if len(rest) == 2 and rest[0] == "--config" and rest[1] and not rest[1].startswith("-"):
-        return True, Path(rest[1])
+        return True, rest[1]
     if len(rest) == 1 and rest[0].startswith("--config=") and len(rest[0]) > len("--config="):
-        return True, Path(rest[0].split("=", 1)[1])
+        return True, rest[0].split("=", 1)[1]
     return False, None
 
 
 def try_token(argv: Sequence[str]) -> int | None:
-    """Print a fresh token and return 0, or return None for the full command to run."""
-    matched, explicit = token_args(argv)
+    """Print the noted token and return 0, or return None for the full command to run."""
+    matched, given = token_args(argv)
     if not matched:
         return None
-    from agent import settings_cache
+    from agent.tokennote import lookup
 
-    view = settings_cache.load(explicit)
-    if view is None:
-        return None
-    settings = cast("Settings", view)  # the same fields, validated earlier (settings_cache)
-    from agent.logsetup import setup_logging
-    from agent.runtime import fresh_token
-
-    try:
-        setup_logging(settings.agent.log_level, settings.agent.log_file, stderr=False)
-        token = fresh_token(settings)
-    except Exception:  # an optimisation never fails a command: the full path decides and reports
-        return None
+    token = lookup(given)
     if token is None:
         return None
     sys.stdout.write(token + "\n")

@@ -41,6 +41,7 @@ CLI_LOCK_WAIT_S = 10.0
 MIN_INTERVAL_S = 10.0  # never refresh again sooner than this after our own refresh...
 MIN_INTERVAL_FRACTION = 0.25  # ...or than this fraction of the lifetime, when that is shorter
 REFRESH_FILE = "refresh.json"
+JOURNAL_FILE = "journal"
 
 
 class RefreshResultLike(Protocol):
@@ -117,6 +118,10 @@ class RefreshState:
 
     @property
     def salt(self) -> str:
+        return self.ensure_salt()
+
+    def ensure_salt(self) -> str:
+        """The install's jitter salt, drawn and saved on first use."""
         if not isinstance(self.data.get("salt"), str):
             self.data["salt"] = secrets.token_hex(8)
             self.save()
@@ -176,7 +181,7 @@ class Coordinator:
         self.clock = clock
         self.records = RefreshState(state)
         self.schedule = Schedule(section, self.records.salt)
-        self.journal = Journal(state.file("journal"))
+        self.journal = Journal(state.file(JOURNAL_FILE))
         self.lock = FileLock(state.file("refresh.lock"))
         # Long enough for another credsync process to finish its whole refresh.
         self.lock_wait_s = lock_wait_s if lock_wait_s is not None else section.timeout_s * 2 + 15

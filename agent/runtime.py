@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,7 +14,8 @@ from agent.build import build_stores, close_stores, state_dir
 from agent.clock import Clock, SystemClock
 from agent.credential import Credential
 from agent.errors import AgentAlreadyRunning, LockError, RefreshError, ReloginRequired
-from agent.refresh import Coordinator, Outcome, RefreshDriver, RefreshResultLike
+from agent.refresh import Coordinator, Outcome, RefreshDriver, RefreshResultLike, RefreshState
+from agent.stores.claude_file import ClaudeFileStore
 
 # `credsync token` imports this module: what only the other commands need (pydantic through
 # the config, portalocker, the status report) is imported where it is used.
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
     from agent.config import Settings
     from agent.refresher import HttpRefresher
     from agent.status import Status
+    from agent.tokennote import Note
 
 log = logging.getLogger("credsync")
 
@@ -120,19 +123,21 @@ def _fresh(settings: Settings, coord: Coordinator, best: Credential | None) -> s
     return None
 
 
-def fresh_token(settings: Settings) -> str | None:
-    """The access token when it is valid and not due for a refresh; None otherwise (then
-    ``valid_token`` decides, under the locks). Only reads."""
-    with coordinator(settings, SystemClock()) as coord:
-        return _fresh(settings, coord, coord.best())
+def valid_token(settings: Settings, note: Note | None = None) -> str:
+    """An access token that is valid now, refreshing under the locks when it is due.
 
-
-def valid_token(settings: Settings) -> str:
-    """An access token that is valid now, refreshing under the locks when it is due."""
+    With a ``note`` (``credsync token``), a token handed out without refreshing is remembered
+    together with every input it was chosen from, for the next call's fast path."""
+    if note is not None:
+        # The install's jitter salt is written on first use: before the reads, not between them.
+        RefreshState(state_dir(settings)).ensure_salt()
+        note.watch(note_inputs(settings))  # before anything below reads them
     with coordinator(settings, SystemClock()) as coord:
         best = coord.best()
         token = _fresh(settings, coord, best)
-        if token is not None:
+        if token is not None and best is not None:
+            if note is not None and note_allowed(settings):
+                note.remember(token, _fresh_until(settings, coord, best))
             return token
         if best is None:
             raise ReloginRequired(_relogin_message("no valid login in any store"))
@@ -144,6 +149,30 @@ def valid_token(settings: Settings) -> str:
             return cred.access_token  # refreshed, adopted, or still valid after a failed try
         raise RefreshError(f"the login has expired and could not be refreshed now "
                            f"({outcome.message}); credsync will retry")
+
+
+def note_inputs(settings: Settings) -> list[str]:
+    """Every file ``Coordinator.best`` and ``deadline`` read (the keychain aside)."""
+    from agent.refresh import JOURNAL_FILE, REFRESH_FILE
+    from agent.state import LAST_GOOD_FILE
+
+    state = settings.agent.state_dir
+    files = [ClaudeFileStore(d).path for d in settings.claude.config_dirs]
+    files += [state / name for name in (LAST_GOOD_FILE, REFRESH_FILE, JOURNAL_FILE)]
+    return [str(f) for f in files]
+
+
+def note_allowed(settings: Settings, platform: str = sys.platform) -> bool:
+    # On macOS the keychain item is Claude Code's own store, which the note cannot check; a
+    # debug log level asks for the full command's log lines.
+    keychain_is_a_source = settings.claude.keychain and platform == "darwin"
+    return not keychain_is_a_source and settings.agent.log_level != "debug"
+
+
+def _fresh_until(settings: Settings, coord: Coordinator, best: Credential) -> float:
+    if not settings.refresh.enabled:
+        return best.expires_at
+    return min(best.expires_at, coord.deadline(best))
 
 
 def _relogin_message(why: str) -> str:

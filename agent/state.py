@@ -21,6 +21,7 @@ from agent.errors import StoreError
 from agent.fsutil import PRIVATE_FILE, atomic_write, ensure_private_dir, read_bytes
 
 MAX_STATE_BYTES = 4_000_000
+LAST_GOOD_FILE = "last-good.json"
 
 
 def token_hash(token: str) -> str:
@@ -51,7 +52,7 @@ class StateDir:
 
     def load_last_good(self) -> Credential | None:
         try:
-            raw = read_bytes(self.file("last-good.json"), MAX_STATE_BYTES)
+            raw = read_bytes(self.file(LAST_GOOD_FILE), MAX_STATE_BYTES)
         except StoreError:
             return None
         return parse_document(raw)[0].valid if raw else None
@@ -59,7 +60,7 @@ class StateDir:
     def save_last_good(self, cred: Credential) -> None:
         self.ensure()
         doc = {"claudeAiOauth": cred.to_json_obj()}
-        atomic_write(self.file("last-good.json"), json.dumps(doc).encode())
+        atomic_write(self.file(LAST_GOOD_FILE), json.dumps(doc).encode())
 
 
 class Journal:
