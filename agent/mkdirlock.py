@@ -43,8 +43,6 @@ class MkdirLock:
         self._wall = wall
         self._sleep = sleep
         self._held = False
-        self._stop = threading.Event()
-        self._keeper: threading.Thread | None = None
 
     @property
     def held(self) -> bool:
@@ -84,36 +82,22 @@ class MkdirLock:
         while True:
             if self._try_mkdir():
                 self._held = True
-                self._start_keeper()
+                KEEPER.add(self)
                 return
             self._remove_if_stale()
             if self._try_mkdir():
                 self._held = True
-                self._start_keeper()
+                KEEPER.add(self)
                 return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise LockError(f"{self.path} is held by another process (waited {timeout_s:g} s)")
             self._sleep(min(remaining, random.uniform(0.02, 0.1)))
 
-    def _start_keeper(self) -> None:
-        # The only thread a lock owns: it touches the mtime so others never see a live lock stale.
-        self._stop.clear()
-        self._keeper = threading.Thread(target=self._keep, name=f"lock:{self.path.name}",
-                                        daemon=True)
-        self._keeper.start()
-
-    def _keep(self) -> None:
-        while not self._stop.wait(self.update_s):
-            with contextlib.suppress(OSError):
-                os.utime(self.path)
-
     def release(self) -> None:
         if not self._held:
             return
-        self._stop.set()
-        if self._keeper is not None:
-            self._keeper.join(timeout=2)
+        KEEPER.remove(self)  # no touch after this returns
         self._held = False
         with contextlib.suppress(OSError):
             os.rmdir(self.path)
@@ -125,6 +109,60 @@ class MkdirLock:
             yield self
         finally:
             self.release()
+
+
+class Keeper:
+    """One thread for every lock this process holds: it touches each lock's mtime every
+    ``update_s``, so that others never see a live lock as stale.
+
+    Shared rather than one thread per lock: a credential write holds a lock for about a
+    millisecond, and starting a thread for it cost half of that. Without held locks the thread
+    sleeps without a timeout (no idle wake-ups).
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._due: dict[MkdirLock, float] = {}
+        self._thread: threading.Thread | None = None
+
+    def add(self, lock: MkdirLock) -> None:
+        with self._cond:
+            self._due[lock] = self._clock() + lock.update_s
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="lock-keeper",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def remove(self, lock: MkdirLock) -> None:
+        with self._cond:  # waits for a touch in progress
+            self._due.pop(lock, None)
+            self._cond.notify()
+
+    def holds(self, lock: MkdirLock) -> bool:
+        with self._cond:
+            return lock in self._due
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                if not self._due:
+                    self._cond.wait()
+                    continue
+                now = self._clock()
+                wait = min(self._due.values()) - now
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                for lock, due in list(self._due.items()):
+                    if due <= now:
+                        with contextlib.suppress(OSError):
+                            os.utime(lock.path)
+                        self._due[lock] = now + lock.update_s
+
+
+KEEPER = Keeper()
 
 
 def storage_write_lock(config_dir: Path, marked: bool = False) -> MkdirLock:
