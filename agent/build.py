@@ -48,8 +48,14 @@ class LazyBackend:
         except KeychainUnavailable:
             raise
         except Exception:
-            self._backend = None  # look it up afresh next time (daemon restarted, bus moved)
+            self._drop()  # look it up afresh next time (daemon restarted, bus moved)
             raise
+
+    def _drop(self) -> None:
+        backend, self._backend = self._backend, None
+        close = getattr(backend, "close", None)
+        if callable(close):  # a backend that keeps a connection: not left to the GC
+            close()
 
     def get_password(self, service: str, username: str) -> str | None:
         value = self._call("get_password", service, username)

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import keyring.errors
 import pytest
 from keyring.backends import SecretService, chainer, fail, null
 
@@ -18,6 +21,7 @@ from agent.errors import KeychainUnavailable, StoreError
 from agent.stores import keychain
 from agent.stores.keychain import (
     BlockingKeyring,
+    KeychainBackend,
     KeychainCalls,
     KeychainStore,
     MemoryKeyring,
@@ -29,6 +33,7 @@ from agent.stores.keychain import (
     macos_service_name,
     system_backend,
 )
+from agent.stores.secretservice import SecretServiceKeyring
 from tests.realkeyring import (  # noqa: F401
     RealKeyring,
     environ_overlay,
@@ -57,25 +62,77 @@ def calls() -> Iterator[KeychainCalls]:
     worker.close()
 
 
+# Both Secret Service backends: keyring's (a connection per call) and credsync's kept one. They
+# must behave the same, so every real-daemon test runs against each.
+SECRET_SERVICE_KINDS = ["keyring", "kept"]
+
+
+def make_secret_service(kind: str) -> KeychainBackend:
+    return secret_service() if kind == "keyring" else SecretServiceKeyring()
+
+
+@pytest.fixture(params=SECRET_SERVICE_KINDS)
+def backend(request: pytest.FixtureRequest) -> Iterator[KeychainBackend]:
+    built = make_secret_service(request.param)
+    yield built
+    if isinstance(built, SecretServiceKeyring):
+        built.close()
+
+
+@pytest.fixture
+def kept() -> Iterator[SecretServiceKeyring]:
+    built = SecretServiceKeyring()
+    yield built
+    built.close()
+
+
+def search_all(keyring: RealKeyring, service: str,
+               username: str) -> tuple[list[dict[str, str]], dict[str, str]]:
+    """What ``secret-tool`` finds for keyring's attributes: each item's label and secret (from
+    stdout), and the attributes (printed to stderr with no item marker, so merged: read them
+    when there is one item)."""
+    out = subprocess.run(["secret-tool", "search", "--all", "service", service,
+                          "username", username], env=keyring.env, capture_output=True,
+                         timeout=10, check=True)
+    items: list[dict[str, str]] = []
+    for line in out.stdout.decode().splitlines():
+        if line.startswith("["):
+            items.append({})
+        elif " = " in line and items:
+            key, _, value = line.partition(" = ")
+            items[-1][key] = value
+    attributes = dict(line.removeprefix("attribute.").partition(" = ")[::2]
+                      for line in out.stderr.decode().splitlines() if " = " in line)
+    return items, attributes
+
+
 # --- the real Secret Service, checked with secret-tool -----------------------------------------
 
 @pytest.mark.integration
 def test_what_the_store_writes_is_what_secret_tool_sees(real_keyring: RealKeyring,
+                                                        backend: KeychainBackend,
                                                         calls: KeychainCalls) -> None:
-    [store] = keychain_stores([Path("/x/.claude")], system_backend(platform="linux", env={}),
-                              platform="linux", calls=calls)
+    [store] = keychain_stores([Path("/x/.claude")], backend, platform="linux", calls=calls)
     assert store.write(cred(1)) is True
     seen = real_keyring.lookup("credsync", "claude-code")
     assert seen is not None
     assert json.loads(seen) == {"claudeAiOauth": cred(1).to_json_obj()}
+    assert store.write(cred(2)) is True  # replaced, not added
+    [item], attributes = search_all(real_keyring, "credsync", "claude-code")
+    # keyring's label and attributes, whichever backend wrote the item
+    assert item["label"] == "Password for 'claude-code' on 'credsync'"
+    assert attributes == {"application": "Python keyring library", "service": "credsync",
+                          "username": "claude-code"}
+    assert json.loads(item["secret"])["claudeAiOauth"] == cred(2).to_json_obj()
 
 
 @pytest.mark.integration
 def test_an_item_written_by_another_program_is_read(real_keyring: RealKeyring,
+                                                    backend: KeychainBackend,
                                                     calls: KeychainCalls) -> None:
     doc = {"claudeAiOauth": cred(3).to_json_obj(), "mcpOAuth": {"k": "v"}}
     real_keyring.store("credsync", "claude-code", json.dumps(doc))
-    store = KeychainStore(secret_service(), calls=calls)
+    store = KeychainStore(backend, calls=calls)
     reading = store.read()
     assert reading.state is ReadState.VALID
     assert reading.credential is not None and reading.credential.same_tokens(cred(3))
@@ -85,10 +142,22 @@ def test_an_item_written_by_another_program_is_read(real_keyring: RealKeyring,
 
 
 @pytest.mark.integration
+def test_deleting_a_missing_item_is_keyrings_error(real_keyring: RealKeyring,
+                                                   backend: KeychainBackend) -> None:
+    with pytest.raises(keyring.errors.PasswordDeleteError, match="No such password"):
+        backend.delete_password("credsync", "claude-code")
+    backend.set_password("credsync", "claude-code", "x")
+    backend.delete_password("credsync", "claude-code")
+    assert backend.get_password("credsync", "claude-code") is None
+    assert real_keyring.lookup("credsync", "claude-code") is None
+
+
+@pytest.mark.integration
 def test_no_secrets_daemon_on_the_bus_is_an_error_not_a_hang(no_keyring_bus: RealKeyring,
+                                                             backend: KeychainBackend,
                                                              calls: KeychainCalls) -> None:
     assert not no_keyring_bus.has_owner()
-    store = KeychainStore(secret_service(), calls=calls)
+    store = KeychainStore(backend, calls=calls)
     started = time.monotonic()
     reading = store.read()
     assert reading.state is ReadState.ERROR
@@ -96,14 +165,16 @@ def test_no_secrets_daemon_on_the_bus_is_an_error_not_a_hang(no_keyring_bus: Rea
     with pytest.raises(KeychainUnavailable):
         store.write(cred(1))
     assert time.monotonic() - started < FAST_S
+    if isinstance(backend, SecretServiceKeyring):
+        assert not backend.connected  # the failed connection was closed, not kept
 
 
 @pytest.mark.integration
-def test_no_session_bus_at_all_is_an_error_not_a_hang(tmp_path: Path,
+def test_no_session_bus_at_all_is_an_error_not_a_hang(tmp_path: Path, backend: KeychainBackend,
                                                       calls: KeychainCalls) -> None:
     nowhere = f"unix:path={tmp_path}/no-such-bus"
     with environ_overlay({"DBUS_SESSION_BUS_ADDRESS": nowhere}):
-        store = KeychainStore(secret_service(), calls=calls)
+        store = KeychainStore(backend, calls=calls)
         started = time.monotonic()
         reading = store.read()
         with pytest.raises(KeychainUnavailable) as raised:
@@ -115,8 +186,9 @@ def test_no_session_bus_at_all_is_an_error_not_a_hang(tmp_path: Path,
 
 @pytest.mark.integration
 def test_the_store_recovers_when_the_daemon_dies_and_comes_back(real_keyring: RealKeyring,
+                                                                backend: KeychainBackend,
                                                                 calls: KeychainCalls) -> None:
-    store = KeychainStore(secret_service(), calls=calls)
+    store = KeychainStore(backend, calls=calls)  # one backend object throughout
     store.write(cred(1))
     real_keyring.stop_daemon()
     gone = store.read()
@@ -133,8 +205,9 @@ def test_the_store_recovers_when_the_daemon_dies_and_comes_back(real_keyring: Re
 
 @pytest.mark.integration
 def test_a_locked_collection_is_reported_and_not_written(real_keyring: RealKeyring,
+                                                         backend: KeychainBackend,
                                                          calls: KeychainCalls) -> None:
-    store = KeychainStore(secret_service(), calls=calls)
+    store = KeychainStore(backend, calls=calls)
     store.write(cred(1))
     real_keyring.lock()
     reading = store.read()
@@ -142,6 +215,118 @@ def test_a_locked_collection_is_reported_and_not_written(real_keyring: RealKeyri
     assert "KeyringLocked" in reading.detail
     with pytest.raises(KeychainUnavailable, match="KeyringLocked"):
         store.write(cred(2))
+    real_keyring.stop_daemon()
+    real_keyring.start_daemon()  # unlocks the login keyring again
+    still = store.read().valid
+    assert still is not None and still.same_tokens(cred(1))  # the locked write did not land
+
+
+# --- the kept connection --------------------------------------------------------------------------
+
+@pytest.mark.integration
+def test_the_kept_backend_reuses_one_connection(real_keyring: RealKeyring,
+                                                kept: SecretServiceKeyring) -> None:
+    assert kept.connections_opened == 0 and not kept.connected  # connects when first called
+    kept.set_password("credsync", "claude-code", "v0")
+    for n in range(50):
+        assert kept.get_password("credsync", "claude-code") == f"v{n}"
+        kept.set_password("credsync", "claude-code", f"v{n + 1}")
+    kept.delete_password("credsync", "claude-code")
+    assert kept.get_password("credsync", "claude-code") is None
+    assert kept.connections_opened == 1
+    kept.close()
+    assert not kept.connected
+    assert kept.get_password("credsync", "claude-code") is None  # reconnects after close()
+    assert kept.connections_opened == 2
+
+
+@pytest.mark.integration
+def test_keyrings_class_and_the_kept_backend_share_items(real_keyring: RealKeyring,
+                                                         kept: SecretServiceKeyring) -> None:
+    theirs = secret_service()
+    kept.set_password("credsync", "claude-code", "from-kept")
+    assert theirs.get_password("credsync", "claude-code") == "from-kept"
+    theirs.set_password("credsync", "claude-code", "from-keyring")
+    assert kept.get_password("credsync", "claude-code") == "from-keyring"
+    kept.set_password("credsync", "claude-code", "again-kept")  # replaces keyring's item
+    assert len(search_all(real_keyring, "credsync", "claude-code")[0]) == 1
+    assert theirs.get_password("credsync", "claude-code") == "again-kept"
+    theirs.delete_password("credsync", "claude-code")
+    assert kept.get_password("credsync", "claude-code") is None
+    kept.set_password("other", "acct", "é ✓")  # not ASCII: both encode UTF-8
+    assert theirs.get_password("other", "acct") == "é ✓"
+    kept.delete_password("other", "acct")
+    assert theirs.get_password("other", "acct") is None
+
+
+@pytest.mark.integration
+def test_a_restarted_daemon_is_reconnected_to_within_the_same_call(
+        real_keyring: RealKeyring, kept: SecretServiceKeyring) -> None:
+    kept.set_password("credsync", "claude-code", "before")
+    real_keyring.stop_daemon()
+    real_keyring.start_daemon()  # no call in between: the kept session belongs to the old one
+    assert kept.get_password("credsync", "claude-code") == "before"
+    kept.set_password("credsync", "claude-code", "after")
+    assert real_keyring.lookup("credsync", "claude-code") == "after"
+    assert kept.connections_opened == 2
+
+
+@pytest.mark.integration
+def test_a_locked_collection_is_an_answer_not_a_reason_to_reconnect(
+        real_keyring: RealKeyring, kept: SecretServiceKeyring) -> None:
+    kept.set_password("credsync", "claude-code", "x")
+    real_keyring.lock()
+    for _ in range(3):
+        with pytest.raises(keyring.errors.KeyringLocked, match="Failed to unlock"):
+            kept.get_password("credsync", "claude-code")
+    # A retry on a new connection would show a dismissed unlock prompt a second time.
+    assert kept.connections_opened == 1 and kept.connected
+
+
+@pytest.mark.integration
+def test_a_failed_connection_is_closed_at_once(no_keyring_bus: RealKeyring,
+                                               kept: SecretServiceKeyring) -> None:
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = open_fds()
+    # The errors are kept, and with them their tracebacks' frames: a connection left to the
+    # garbage collector would stay open.
+    errors = []
+    for _ in range(10):
+        with pytest.raises(keyring.errors.InitError, match=r"org\.freedesktop\.secrets") as raised:
+            kept.get_password("credsync", "claude-code")
+        errors.append(raised)
+    assert kept.connections_opened == 10 and not kept.connected
+    assert open_fds() <= before + 2  # each connection left open would hold a socket and more
+
+
+@pytest.mark.integration
+def test_an_item_that_is_not_utf8_is_an_error_not_a_reconnect(
+        real_keyring: RealKeyring, kept: SecretServiceKeyring) -> None:
+    kept.set_password("credsync", "claude-code", "x")
+    subprocess.run(["secret-tool", "store", "--label=raw", "service", "credsync",
+                    "username", "claude-code", "application", "Python keyring library"],
+                   input=b"\xff\xfe garbage", env=real_keyring.env, capture_output=True,
+                   timeout=10, check=True)
+    with pytest.raises(UnicodeDecodeError):  # as keyring's class does
+        kept.get_password("credsync", "claude-code")
+    assert kept.connections_opened == 1
+
+
+@pytest.mark.integration
+def test_a_changed_bus_address_means_a_new_connection(real_keyring: RealKeyring,
+                                                      kept: SecretServiceKeyring) -> None:
+    kept.set_password("credsync", "claude-code", "on-a")
+    with private_keyring() as other:
+        assert other.address != real_keyring.address
+        assert kept.get_password("credsync", "claude-code") is None  # B's keychain is empty
+        kept.set_password("credsync", "claude-code", "on-b")
+        assert other.lookup("credsync", "claude-code") == "on-b"
+        assert kept.connections_opened == 2
+    assert kept.get_password("credsync", "claude-code") == "on-a"  # back on A: A's item
+    assert real_keyring.lookup("credsync", "claude-code") == "on-a"
+    assert kept.connections_opened == 3
 
 
 @pytest.mark.integration
@@ -251,10 +436,17 @@ def test_the_allow_list_rejects_what_is_not_a_keychain(backend: object) -> None:
 
 def test_the_allow_list_takes_the_real_keychains() -> None:
     check_backend(secret_service())
-    for platform, name in [("linux", "SecretService.Keyring"), ("darwin", "macOS.Keyring"),
-                           ("win32", "Windows.WinVaultKeyring")]:
+    check_backend(SecretServiceKeyring())
+    for platform, name in [("linux", "secretservice.SecretServiceKeyring"),
+                           ("darwin", "macOS.Keyring"), ("win32", "Windows.WinVaultKeyring")]:
         backend = system_backend(platform=platform, env={})
         assert f"{type(backend).__module__}.{type(backend).__qualname__}".endswith(name)
+
+
+def test_keyrings_secret_service_is_swapped_for_the_kept_one() -> None:
+    env = {"PYTHON_KEYRING_BACKEND": "keyring.backends.SecretService.Keyring"}
+    assert isinstance(system_backend(platform="linux", env=env), SecretServiceKeyring)
+    assert isinstance(system_backend(platform="linux", env={}), SecretServiceKeyring)
 
 
 @pytest.mark.parametrize("name", ["keyrings.alt.file.PlaintextKeyring",

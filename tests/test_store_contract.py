@@ -1,7 +1,8 @@
 """One contract for the Store interface, run against every implementation.
 
 Subjects: the CLI's credential file, the cache-file sink in each format, the keychain store on
-an in-memory keyring, and the keychain store on a real gnome-keyring (integration).
+an in-memory keyring, and the keychain store on a real gnome-keyring (integration), through
+keyring's Secret Service backend and through credsync's kept-connection one.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from agent.fsutil import stat_signature
 from agent.stores.base import Store
 from agent.stores.claude_file import ClaudeFileStore
 from agent.stores.keychain import KeychainBackend, KeychainCalls, KeychainStore, MemoryKeyring
+from agent.stores.secretservice import SecretServiceKeyring
 from agent.stores.sink import SinkStore
 from tests.realkeyring import real_keyring_fixture  # noqa: F401
 
@@ -101,19 +103,22 @@ def _build(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Subject
     if kind == "keychain-memory":
         return _keychain_subject(MemoryKeyring())
     request.getfixturevalue("real_keyring")
+    if kind == "keychain-kept":
+        kept = SecretServiceKeyring()
+        request.addfinalizer(kept.close)  # runs before the keyring fixture stops the daemon
+        return _keychain_subject(kept)
     return _keychain_subject(SecretService.Keyring())  # type: ignore[no-untyped-call]
 
 
+REAL_KEYCHAINS = [pytest.param(kind, marks=pytest.mark.integration)
+                  for kind in ("keychain-real", "keychain-kept")]
 ALL = [
     "claude-file", "sink-claude", "sink-access-token", "sink-env", "sink-json",
-    "keychain-memory",
-    pytest.param("keychain-real", marks=pytest.mark.integration),
+    "keychain-memory", *REAL_KEYCHAINS,
 ]
 FILES = ["claude-file", "sink-claude", "sink-access-token", "sink-env", "sink-json"]
-DOCUMENTS = ["claude-file", "sink-claude", "keychain-memory",
-             pytest.param("keychain-real", marks=pytest.mark.integration)]
-SOURCES = ["claude-file", "keychain-memory",
-           pytest.param("keychain-real", marks=pytest.mark.integration)]
+DOCUMENTS = ["claude-file", "sink-claude", "keychain-memory", *REAL_KEYCHAINS]
+SOURCES = ["claude-file", "keychain-memory", *REAL_KEYCHAINS]
 
 
 @pytest.fixture

@@ -232,8 +232,14 @@ def run(cfg: PropagationConfig | None = None) -> kit.Result:
         try:
             # A keychain of its own per case: a daemon that fails takes one case down, not all.
             with kit.private_keyring() as keyring:
-                cases.append(measure_case(sinks, cfg, keyring, system_backend(),
-                                          lambda: next(counter)))
+                backend = system_backend()
+                try:
+                    cases.append(measure_case(sinks, cfg, keyring, backend,
+                                              lambda: next(counter)))
+                finally:
+                    close = getattr(backend, "close", None)
+                    if callable(close):
+                        close()
         except Exception as exc:  # the other cases' figures still count
             result.row(f"3 dirs+keychain+{sinks} sinks", "failed",
                        f"{type(exc).__name__}: {str(exc)[:160]}", "runs", False)

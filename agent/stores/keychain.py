@@ -11,6 +11,10 @@ Which item:
   attributes are ``service=credsync username=claude-code`` (keyring's scheme), which is what
   ``secret-tool lookup service credsync username claude-code`` finds.
 
+On Linux the Secret Service is reached through ``agent.stores.secretservice`` (same items as
+keyring's SecretService backend, but one kept D-Bus connection and session instead of a new one
+per call); elsewhere through keyring's backends.
+
 Every backend call runs on one worker thread with a deadline: a locked keychain on a desktop can
 block forever on an unlock prompt. While an earlier call is still stuck, further calls fail at
 once instead of queueing behind it. Every error comes out as ``KeychainUnavailable``.
@@ -33,7 +37,6 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar, cast
 
 import keyring.errors
-from keyring.backend import KeyringBackend
 from keyring.backends.chainer import ChainerBackend
 
 from agent.credential import Credential, Reading, ReadState, merged_document, parse_document
@@ -60,11 +63,16 @@ MACOS_SERVICE = "Claude Code-credentials"
 OWN_SERVICE = "credsync"
 OWN_ACCOUNT = "claude-code"
 DEFAULT_TIMEOUT_S = 3.0
+# keyring's Secret Service backend connects afresh on every call (~13 ms); where it is chosen,
+# credsync's own backend for the same items, which keeps its connection, is used instead.
+KEYRING_SECRET_SERVICE = "keyring.backends.SecretService.Keyring"
+KEPT_SECRET_SERVICE = "agent.stores.secretservice.SecretServiceKeyring"
 # Exact classes only: a subclass could store the secret anywhere (keyrings.alt's plaintext file
 # backends are the reason this list exists). libsecret is the Secret Service through libsecret.
 ALLOWED_BACKENDS = frozenset({
     "keyring.backends.macOS.Keyring",
-    "keyring.backends.SecretService.Keyring",
+    KEYRING_SECRET_SERVICE,
+    KEPT_SECRET_SERVICE,
     "keyring.backends.libsecret.Keyring",
     "keyring.backends.Windows.WinVaultKeyring",
 })
@@ -118,28 +126,31 @@ PLATFORM_BACKENDS = {
 }
 
 
-def _load_backend(qualified: str) -> KeyringBackend:
+def _load_backend(qualified: str) -> KeychainBackend:
     # Not keyring.core.load_keyring: it probes the backend's priority, which talks to D-Bus and
-    # fails while the keychain is not up yet; each call below connects afresh instead.
+    # fails while the keychain is not up yet; the backend connects when called instead.
     module_name, _, class_name = qualified.rpartition(".")
     cls = getattr(importlib.import_module(module_name), class_name)
-    backend = cast(Callable[[], KeyringBackend], cls)()
+    backend = cast(Callable[[], KeychainBackend], cls)()
     check_backend(backend)
     return backend
 
 
 def system_backend(
     platform: str = sys.platform, env: Mapping[str, str] | None = None
-) -> KeyringBackend:
+) -> KeychainBackend:
     """The platform's keychain, or the backend named by PYTHON_KEYRING_BACKEND; only real ones.
 
     Chosen by platform rather than keyring's priority probe: the probe runs once per process and
     would pin the fail backend for good if the keychain was not up when the agent started.
-    keyringrc.cfg is not read.
+    keyringrc.cfg is not read. keyring's Secret Service backend is swapped for
+    ``SecretServiceKeyring``, which keeps its connection (same items, same errors).
     """
     env = os.environ if env is None else env
     name = env.get("PYTHON_KEYRING_BACKEND") or PLATFORM_BACKENDS.get(
-        platform, "keyring.backends.SecretService.Keyring")
+        platform, KEYRING_SECRET_SERVICE)
+    if name == KEYRING_SECRET_SERVICE:
+        name = KEPT_SECRET_SERVICE
     if name != CHAINER_BACKEND:
         check_backend_name(name)  # before importing it: a plaintext backend is never built
     try:
