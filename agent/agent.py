@@ -7,12 +7,13 @@ monotonic clock stops while the machine sleeps.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 from agent.alerting import Alerting, observation
 from agent.clock import Clock
@@ -22,7 +23,7 @@ from agent.fsutil import remove_stale_temps, stat_signature, write_target
 from agent.reconcile import Plan, StoreMemory, plan_round
 from agent.refresh import RefreshDriver
 from agent.state import StateDir, token_hash
-from agent.stores.base import Store
+from agent.stores.base import Background, Store
 from agent.watcher import DirsChanged, FileChanged
 
 log = logging.getLogger("credsync.agent")
@@ -73,6 +74,8 @@ class Agent:
         alerting: Alerting | None = None,
     ) -> None:
         self.stores = list(stores)
+        # Decided once: a runtime protocol check costs tens of microseconds each time.
+        self.background = {s.name for s in self.stores if isinstance(s, Background)}
         # Where removing the login is the user logging out: the CLI's own stores. credsync's own
         # keychain item and the sinks are copies, refilled whenever they go missing.
         self.logout_aware = {s.name for s in self.stores if s.kind == "claude-file"
@@ -134,7 +137,11 @@ class Agent:
 
     # ----- one round ---------------------------------------------------------------------
     def read_all(self) -> dict[str, Reading]:
-        return {s.name: s.read() for s in self.stores}
+        # The keychain's read runs on its worker while the files are read here.
+        started = {s.name: cast(Background, s).start_read() for s in self.stores
+                   if s.name in self.background}
+        return {s.name: started[s.name]() if s.name in started else s.read()
+                for s in self.stores}
 
     def _settled(self, readings: dict[str, Reading], now: float) -> set[str]:
         settled: set[str] = set()
@@ -211,28 +218,48 @@ class Agent:
             except StoreError as exc:  # a full disk must not stop the stores being written
                 log.warning("cannot save the last good login: %s", exc)
         by_name = {s.name: s for s in self.stores}
-        for name in plan.writes:
+        # The keychain's writes start first and run on its worker while the files are written
+        # here (a D-Bus round trip is mostly waiting); this loop waits for them before going on.
+        started: list[tuple[Store, Callable[[], bool]]] = []
+        for name in sorted(plan.writes, key=lambda n: n not in self.background):
             store = by_name[name]
             held = self.readings[name].valid if name in self.readings else None
             # A credential whose refresh token was already redeemed is superseded by the
             # winner even if it claims a later expiry (the server shortened the lifetime).
             supersedes = held if held and token_hash(held.refresh_token) in spent else None
-            try:
-                changed = store.write(winner, supersedes)
-            except StoreError as exc:
-                report.failed[name] = str(exc)
-                log.warning("%s: write failed: %s", name, exc)
+            if name not in self.background:
+                self._finish_write(store, functools.partial(store.write, winner, supersedes),
+                                   plan, winner, report)
                 continue
-            if store.watch_path is not None:
-                self.own_writes[store.watch_path] = stat_signature(store.watch_path)
-            # It holds a login now: its removal from here on is a logout, not a gap to fill.
-            self.memory[name].seen_valid = True
-            if changed:
-                self.writes += 1
-                report.written.append(name)
-                verb = "restored" if name in plan.restores else "updated"
-                log.info("%s: %s to %s (expires %s)", name, verb, winner.fingerprint,
-                         _iso(winner.expires_at))
+            try:
+                started.append((store, cast(Background, store).start_write(winner, supersedes)))
+            except StoreError as exc:
+                self._write_failed(store, exc, report)
+        for store, finish in started:
+            self._finish_write(store, finish, plan, winner, report)
+
+    def _write_failed(self, store: Store, exc: StoreError, report: RoundReport) -> None:
+        report.failed[store.name] = str(exc)
+        log.warning("%s: write failed: %s", store.name, exc)
+
+    def _finish_write(self, store: Store, write: Callable[[], bool], plan: Plan,
+                      winner: Credential, report: RoundReport) -> None:
+        name = store.name
+        try:
+            changed = write()
+        except StoreError as exc:
+            self._write_failed(store, exc, report)
+            return
+        if store.watch_path is not None:
+            self.own_writes[store.watch_path] = stat_signature(store.watch_path)
+        # It holds a login now: its removal from here on is a logout, not a gap to fill.
+        self.memory[name].seen_valid = True
+        if changed:
+            self.writes += 1
+            report.written.append(name)
+            verb = "restored" if name in plan.restores else "updated"
+            log.info("%s: %s to %s (expires %s)", name, verb, winner.fingerprint,
+                     _iso(winner.expires_at))
 
     def recover(self) -> None:
         """Clean up after a credsync process that was killed (at start and on every audit)."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import queue
+import time
 from pathlib import Path
 
 import pytest
@@ -191,3 +193,58 @@ def test_audit_round_runs_without_events(world: World) -> None:
     world.clock.jump(61)  # a suspend: wall-clock moved, nothing else happened
     world.agent.step(timeout=0)
     assert world.agent.rounds == rounds + 1
+
+
+class FilesFirstKeyring(MemoryKeyring):
+    """A keychain whose write returns only once the files hold the login (or gives up after
+    a deadline): it tells whether the agent wrote the files while the keychain was busy."""
+
+    def __init__(self, files: list[Store]) -> None:
+        super().__init__()
+        self.files = files
+        self.saw_files_done: list[bool] = []
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        wanted = json.loads(password)["claudeAiOauth"]["accessToken"]
+        deadline = time.monotonic() + 2.0
+        done = False
+        while not done and time.monotonic() < deadline:
+            done = all((c := f.read().valid) is not None and c.access_token == wanted
+                       for f in self.files)
+            if not done:
+                time.sleep(0.005)
+        self.saw_files_done.append(done)
+        super().set_password(service, username, password)
+
+
+def test_the_files_are_written_while_the_keychain_write_is_under_way(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    slow = FilesFirstKeyring([*world.files[1:], world.sink])  # the sink is written last
+    keychain = KeychainStore(slow)
+    agent = Agent([*world.files, keychain, world.sink], world.state, world.clock, world.events)
+    new = make_cred(NOW_MS + 9000)
+    write_cred(world.dirs[0], new)
+    report = agent.reconcile()
+    assert slow.saw_files_done == [True]  # the keychain waited; the files went on meanwhile
+    assert set(report.written) == {world.files[1].name, world.files[2].name, keychain.name,
+                                   world.sink.name}
+    held = keychain.read().valid
+    assert held is not None and held.same_tokens(new)
+    keychain.close()
+
+
+class ReadOnlyKeyring(MemoryKeyring):
+    def set_password(self, service: str, username: str, password: str) -> None:
+        raise OSError("keychain gone")
+
+
+def test_a_keychain_write_that_fails_meanwhile_is_reported_and_retried(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    keychain = KeychainStore(ReadOnlyKeyring())
+    agent = Agent([*world.files, keychain, world.sink], world.state, world.clock, world.events)
+    write_cred(world.dirs[0], make_cred(NOW_MS + 9000))
+    report = agent.reconcile()
+    assert keychain.name in report.failed and "keychain gone" in report.failed[keychain.name]
+    assert world.files[1].name in report.written and world.sink.name in report.written
+    assert agent.next_timeout() <= 1.0  # tried again soon, not at the next audit
+    keychain.close()

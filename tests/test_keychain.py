@@ -529,3 +529,49 @@ def test_elsewhere_one_item_of_credsyncs_own(calls: KeychainCalls) -> None:
                              calls=calls)
     assert [(s.name, s.service, s.account) for s in stores] == [
         ("keychain", "credsync", "claude-code")]
+
+
+def test_a_started_write_runs_while_the_caller_goes_on() -> None:
+    backend = BlockingKeyring()
+    worker = KeychainCalls(timeout_s=5.0)
+    store = KeychainStore(backend, calls=worker)
+    try:
+        started = time.monotonic()
+        read = store.start_read()
+        finish = store.start_write(cred(1))  # queued behind the read, not refused
+        assert time.monotonic() - started < 0.1  # neither waited for the stuck backend
+        assert backend.entered.wait(5)
+        backend.release()
+        assert read().state is ReadState.MISSING
+        assert finish() is True
+        assert store.read().valid == cred(1)
+    finally:
+        backend.release()
+        worker.close()
+
+
+def test_a_started_call_keeps_the_deadline_of_its_start() -> None:
+    backend = BlockingKeyring()
+    worker = KeychainCalls(timeout_s=0.3)
+    store = KeychainStore(backend, calls=worker)
+    try:
+        finish = store.start_write(cred(1))
+        time.sleep(0.35)  # the caller did other work for longer than the deadline
+        started = time.monotonic()
+        with pytest.raises(KeychainUnavailable, match=r"0\.3 s"):
+            finish()
+        assert time.monotonic() - started < 0.1  # already past its deadline: no new wait
+    finally:
+        backend.release()
+        worker.close()
+
+
+def test_a_blank_credential_is_refused_before_anything_is_queued() -> None:
+    backend = BlockingKeyring()
+    worker = KeychainCalls(timeout_s=0.3)
+    store = KeychainStore(backend, calls=worker)
+    blank = Credential.build("", "", 0)
+    with pytest.raises(StoreError, match="blank"):
+        store.start_write(blank)
+    assert not backend.entered.is_set() and not worker.running
+    worker.close()

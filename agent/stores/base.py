@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from agent.credential import Credential, Reading
 
@@ -30,3 +31,15 @@ class Store(Protocol):
         Raises StoreError when it cannot, and for a blank credential (never written anywhere).
         """
         ...
+
+
+@runtime_checkable
+class Background(Protocol):
+    """A store whose reads and writes can be started now and finished later (the keychain: its
+    calls run on a worker thread, so the agent does its file work meanwhile). The finishing
+    functions return what ``read`` and ``write`` would, or raise what they would."""
+
+    def start_read(self) -> Callable[[], Reading]: ...
+
+    def start_write(self, cred: Credential,
+                    supersedes: Credential | None = None) -> Callable[[], bool]: ...

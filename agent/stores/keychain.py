@@ -34,7 +34,7 @@ import time
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import keyring.errors
 from keyring.backends.chainer import ChainerBackend
@@ -49,6 +49,7 @@ __all__ = [
     "KeychainCalls",
     "KeychainStore",
     "MemoryKeyring",
+    "Pending",
     "UnavailableBackend",
     "backend_or_unavailable",
     "check_backend",
@@ -222,15 +223,21 @@ def _describe(exc: BaseException) -> str:
 
 class KeychainCalls:
     """One worker thread running backend calls, each with a deadline; shared by the stores of
-    one keychain so that a stuck prompt blocks one thread, not one per store."""
+    one keychain so that a stuck prompt blocks one thread, not one per store.
+
+    ``submit`` queues a call and returns at once (the agent reads and writes the keychain while
+    it writes the files: a D-Bus round trip is mostly waiting); ``Pending.result`` waits for it
+    until its deadline, counted from the submission. A call submitted while the one running has
+    been stuck past its deadline fails at once instead of queueing behind it.
+    """
 
     def __init__(self, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self.timeout_s = timeout_s
         self._lock = threading.Lock()
         self._jobs: list[tuple[concurrent.futures.Future[Any], Callable[[], Any]]] = []
         self._wake = threading.Condition(self._lock)
-        self._pending: concurrent.futures.Future[Any] | None = None
-        self._pending_since = 0.0
+        self._running: concurrent.futures.Future[Any] | None = None
+        self._running_since = 0.0
         self._closed = False
         self._thread: threading.Thread | None = None
 
@@ -253,41 +260,32 @@ class KeychainCalls:
                 if not self._jobs:
                     return
                 future, fn = self._jobs.pop(0)
-            if not future.set_running_or_notify_cancel():
-                continue
+                if not future.set_running_or_notify_cancel():
+                    continue
+                self._running, self._running_since = future, time.monotonic()
             try:
                 future.set_result(fn())
             except BaseException as exc:
                 future.set_exception(exc)
 
-    def _submit(self, fn: Callable[[], T], what: str) -> concurrent.futures.Future[T]:
+    def submit(self, fn: Callable[[], T], what: str) -> Pending[T]:
         with self._lock:
             if self._closed:
                 raise KeychainUnavailable(f"keychain {what}: closed")
-            if self._pending is not None and not self._pending.done():
-                stuck = time.monotonic() - self._pending_since
+            running = self._running
+            stuck = time.monotonic() - self._running_since
+            if running is not None and not running.done() and stuck > self.timeout_s:
                 raise KeychainUnavailable(
                     f"keychain {what}: an earlier call has not returned for {stuck:.1f} s "
                     "(locked keychain waiting for an unlock prompt?)")
             future: concurrent.futures.Future[T] = concurrent.futures.Future()
-            self._pending, self._pending_since = future, time.monotonic()
             self._jobs.append((future, fn))
             self._ensure_thread()
             self._wake.notify()
-        return future
+        return Pending(future, what, time.monotonic() + self.timeout_s, self.timeout_s)
 
     def call(self, fn: Callable[[], T], what: str) -> T:
-        future = self._submit(fn, what)
-        try:
-            return future.result(timeout=self.timeout_s)
-        except concurrent.futures.TimeoutError as exc:
-            raise KeychainUnavailable(
-                f"keychain {what}: no answer within {self.timeout_s:g} s "
-                "(locked keychain waiting for an unlock prompt?)") from exc
-        except KeychainUnavailable:
-            raise
-        except Exception as exc:  # keyring, secretstorage, jeepney/dbus, OS errors alike
-            raise KeychainUnavailable(f"keychain {what}: {_describe(exc)}") from exc
+        return self.submit(fn, what).result()
 
     def close(self) -> None:
         """Stop the worker; a call still stuck in the backend is abandoned (daemon thread)."""
@@ -297,14 +295,41 @@ class KeychainCalls:
                 future.cancel()
             self._jobs.clear()
             self._wake.notify()
-            thread = self._thread
-        if thread is not None and (self._pending is None or self._pending.done()):
+            thread, running = self._thread, self._running
+        if thread is not None and (running is None or running.done()):
             thread.join(timeout=2)
+
+
+class Pending(Generic[T]):
+    """A submitted keychain call: ``result()`` waits until its deadline; every error comes out
+    as KeychainUnavailable."""
+
+    def __init__(self, future: concurrent.futures.Future[T], what: str, deadline: float,
+                 timeout_s: float) -> None:
+        self._future = future
+        self._what = what
+        self._deadline = deadline
+        self._timeout_s = timeout_s
+
+    def result(self) -> T:
+        try:
+            return self._future.result(timeout=max(0.0, self._deadline - time.monotonic()))
+        except concurrent.futures.TimeoutError as exc:
+            raise KeychainUnavailable(
+                f"keychain {self._what}: no answer within {self._timeout_s:g} s "
+                "(locked keychain waiting for an unlock prompt?)") from exc
+        except KeychainUnavailable:
+            raise
+        except Exception as exc:  # keyring, secretstorage, jeepney/dbus, OS errors alike
+            raise KeychainUnavailable(f"keychain {self._what}: {_describe(exc)}") from exc
 
 
 # --- the store -------------------------------------------------------------------------------
 
 class KeychainStore:
+    """A keychain item as a store. Reads and writes can be started and finished later
+    (``start_read``, ``start_write``): the agent overlaps them with its file writes."""
+
     kind = "keychain"
     is_source = True
 
@@ -329,40 +354,59 @@ class KeychainStore:
         return None  # a keychain has no file to watch: the agent polls it
 
     def _get(self) -> str | None:
-        return self._calls.call(lambda: self.backend.get_password(self.service, self.account),
-                                "read")
+        return self.backend.get_password(self.service, self.account)
 
     def read_document(self) -> tuple[Reading, dict[str, Any] | None]:
         try:
-            raw = self._get()
+            raw = self._calls.call(self._get, "read")
         except KeychainUnavailable as exc:
             return Reading(ReadState.ERROR, detail=str(exc)), None
-        if raw is None:
-            return Reading(ReadState.MISSING, detail="no keychain item"), None
-        return parse_document(raw.encode())
+        return _document(raw)
+
+    def start_read(self) -> Callable[[], Reading]:
+        try:
+            pending = self._calls.submit(self._get, "read")
+        except KeychainUnavailable as exc:
+            failed = Reading(ReadState.ERROR, detail=str(exc))
+            return lambda: failed
+
+        def finish() -> Reading:
+            try:
+                return _document(pending.result())[0]
+            except KeychainUnavailable as exc:
+                return Reading(ReadState.ERROR, detail=str(exc))
+        return finish
 
     def read(self) -> Reading:
-        return self.read_document()[0]
+        return self.start_read()()
 
-    def write(self, cred: Credential, supersedes: Credential | None = None) -> bool:
+    def start_write(self, cred: Credential,
+                    supersedes: Credential | None = None) -> Callable[[], bool]:
+        """Queue the whole write (read, compare, set: one job); the returned function waits for
+        it and returns what ``write`` would, or raises its StoreError."""
         if cred.is_blank:
             raise StoreError("refusing to write a blank credential")
-        raw = self._get()  # KeychainUnavailable propagates: a write must not be guessed
-        reading, doc = parse_document(raw.encode()) if raw is not None else (None, None)
-        current = reading.valid if reading is not None else None
+        return self._calls.submit(lambda: self._write_now(cred, supersedes), "write").result
+
+    def write(self, cred: Credential, supersedes: Credential | None = None) -> bool:
+        return self.start_write(cred, supersedes)()
+
+    def _write_now(self, cred: Credential, supersedes: Credential | None) -> bool:
+        # On the worker thread. A failed read fails the write: it must not be guessed.
+        reading, doc = _document(self._get())
+        current = reading.valid
         if current is not None and (current.same_tokens(cred)
                                     or current.newer_than(cred, supersedes)):
             return False  # same login (no keychain rewrite), or a fresher one: never go back
-        if reading is not None and reading.state is ReadState.INVALID:
+        if reading.state is ReadState.INVALID:
             doc = None  # garbage is replaced whole
         data = json.dumps(merged_document(doc, cred), separators=(",", ":"))
-        self._calls.call(lambda: self.backend.set_password(self.service, self.account, data),
-                         "write")
+        self.backend.set_password(self.service, self.account, data)
         return True
 
     def delete(self) -> bool:
         """Remove the item; False when there was none."""
-        if self._get() is None:
+        if self._calls.call(self._get, "read") is None:
             return False
         self._calls.call(lambda: self.backend.delete_password(self.service, self.account),
                          "delete")
@@ -371,6 +415,12 @@ class KeychainStore:
     def close(self) -> None:
         """Stop the worker thread (shared with the other stores of the same keychain)."""
         self._calls.close()
+
+
+def _document(raw: str | None) -> tuple[Reading, dict[str, Any] | None]:
+    if raw is None:
+        return Reading(ReadState.MISSING, detail="no keychain item"), None
+    return parse_document(raw.encode())
 
 
 def keychain_stores(
