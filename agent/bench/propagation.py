@@ -12,7 +12,8 @@ found behind is polled until it catches up and the later time counts.
 The floor, measured in the same run and interleaved with the agent's writes: a plain loop doing
 the same atomic writes (temp + fsync + rename + dir fsync) to the other two dirs and every sink,
 plus one keychain set, with no agent. Goals: p99 within 50 ms for three dirs, the keychain and
-five sinks; within 1.5x the floor; under 2 ms per extra sink.
+five sinks; within 1.5x the floor; under 2 ms per extra sink. One more case, without a
+keychain for agent and floor alike, shows what the keychain costs each of them.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class PropagationConfig:
     sink_counts: tuple[int, ...] = (1, 5, 10, 100, 500)
     writes: int = 200
     gap_s: float = 0.03  # after each write: the agent finishes its round before the next one
+    # Also without the keychain (agent and floor alike): what the keychain costs each of them.
+    without_keychain: bool = True
 
     @classmethod
     def quick(cls) -> PropagationConfig:
@@ -58,7 +61,7 @@ class PropagationConfig:
 
     @classmethod
     def smoke(cls) -> PropagationConfig:
-        return cls(sink_counts=(1, 5), writes=4, gap_s=0.01)
+        return cls(sink_counts=(1, 5), writes=4, gap_s=0.01, without_keychain=False)
 
 
 def new_cred(serial: int) -> Credential:
@@ -87,8 +90,9 @@ def cli_write(config_dir: Path, cred: Credential) -> None:
 class World:
     """Three config dirs and N sinks on disk; what each store holds, looked at cheaply."""
 
-    def __init__(self, root: Path, sinks: int) -> None:
+    def __init__(self, root: Path, sinks: int, keychain: bool = True) -> None:
         self.root = root
+        self.keychain = keychain
         self.dirs = [root / f"cfg{i}" for i in range(3)]
         self.sinks = [SinkStore(root / "sessions" / f"s{i}" / "token",
                                 SINK_FORMATS[i % len(SINK_FORMATS)]) for i in range(sinks)]
@@ -98,8 +102,8 @@ class World:
 
     def config(self) -> Path:
         sinks = [{"path": s.path, "format": s.format} for s in self.sinks]
-        return kit.write_config(self.root / "config.toml", self.dirs, self.state, keychain=True,
-                                sinks=sinks)
+        return kit.write_config(self.root / "config.toml", self.dirs, self.state,
+                                keychain=self.keychain, sinks=sinks)
 
     @staticmethod
     def has_token(path: Path, token: bytes) -> bool:
@@ -115,11 +119,14 @@ class World:
         except OSError:
             return False
 
-    def behind(self, cred: Credential, skip: Path, keychain: KeychainBackend) -> list[str]:
+    def behind(self, cred: Credential, skip: Path, keychain: KeychainBackend | None
+               ) -> list[str]:
         """Every store other than ``skip`` that does not hold ``cred`` yet."""
         token = cred.access_token.encode()
         late = [str(d) for d in self.dirs if d != skip and not self.file_holds(d, cred)]
         late += [s.name for s in self.sinks if not self.has_token(s.path, token)]
+        if keychain is None:
+            return late
         raw = keychain.get_password(OWN_SERVICE, OWN_ACCOUNT)
         if raw is None or parse_document(raw.encode())[0].valid != cred:
             late.append("keychain")
@@ -127,7 +134,8 @@ class World:
 
 
 def wait_propagated(world: World, cred: Credential, skip: Path,
-                    keychain: KeychainBackend, start: float) -> tuple[float, list[str]]:
+                    keychain: KeychainBackend | None, start: float
+                    ) -> tuple[float, list[str]]:
     """Seconds from ``start`` until every store holds ``cred``; and which ones lagged the last
     sink (written last by the agent), if any."""
     last = world.sinks[-1].path
@@ -148,9 +156,11 @@ def wait_propagated(world: World, cred: Credential, skip: Path,
 
 
 class Floor:
-    """No agent: the same atomic writes (two dirs, every sink) and one keychain set."""
+    """No agent: the same atomic writes (two dirs, every sink) and one keychain set (when the
+    case has a keychain)."""
 
-    def __init__(self, root: Path, sinks: Sequence[SinkStore], keychain: KeychainBackend) -> None:
+    def __init__(self, root: Path, sinks: Sequence[SinkStore],
+                 keychain: KeychainBackend | None) -> None:
         self.dirs = [root / f"floor{i}" for i in range(2)]
         for d in self.dirs:
             d.mkdir(parents=True)
@@ -167,19 +177,21 @@ class Floor:
             atomic_write(d / ".credentials.json", doc)
         for sink in self.sinks:
             atomic_write(sink.path, sink.render(cred, None))
-        self.keychain.set_password(FLOOR_SERVICE, OWN_ACCOUNT, doc.decode())
+        if self.keychain is not None:
+            self.keychain.set_password(FLOOR_SERVICE, OWN_ACCOUNT, doc.decode())
         return time.perf_counter() - start
 
 
-def measure_case(sinks: int, cfg: PropagationConfig, keyring: kit.PrivateKeyring,
-                 keychain: KeychainBackend, serial: Callable[[], int]) -> dict[str, Any]:
+def measure_case(sinks: int, cfg: PropagationConfig, keyring: kit.PrivateKeyring | None,
+                 keychain: KeychainBackend | None, serial: Callable[[], int]) -> dict[str, Any]:
     root = kit.workdir(f"prop{sinks}")
     try:
-        world = World(root, sinks)
+        world = World(root, sinks, keychain=keychain is not None)
         first = new_cred(serial())
         for d in world.dirs:
             cli_write(d, first)
-        agent = kit.AgentRun(world.config(), world.state, kit.child_env(keyring.env))
+        env = kit.child_env(keyring.env if keyring is not None else None)
+        agent = kit.AgentRun(world.config(), world.state, env)
         try:
             agent.wait_started()
             kit.wait_until(lambda: not world.behind(first, world.dirs[0], keychain),
@@ -205,6 +217,7 @@ def measure_case(sinks: int, cfg: PropagationConfig, keyring: kit.PrivateKeyring
             agent.stop()
         return {"sinks": sinks, "writes": cfg.writes, "agent": kit.summary_ms(agent_s),
                 "floor": kit.summary_ms(floor_s), "lagged_last_sink": lagged,
+                "keychain": keychain is not None,
                 "agent_rounds": stats.get("rounds"), "agent_writes": stats.get("writes")}
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -243,7 +256,14 @@ def run(cfg: PropagationConfig | None = None) -> kit.Result:
         except Exception as exc:  # the other cases' figures still count
             result.row(f"3 dirs+keychain+{sinks} sinks", "failed",
                        f"{type(exc).__name__}: {str(exc)[:160]}", "runs", False)
-    result.data["cases"] = cases
+    bare = []
+    if cfg.without_keychain:
+        try:
+            bare.append(measure_case(GOAL_SINKS, cfg, None, None, lambda: next(counter)))
+        except Exception as exc:
+            result.row(f"3 dirs+{GOAL_SINKS} sinks, no keychain", "failed",
+                       f"{type(exc).__name__}: {str(exc)[:160]}", "runs", False)
+    result.data["cases"] = cases + bare
     for case in cases:
         label = f"3 dirs+keychain+{case['sinks']} sinks"
         a, f = case["agent"], case["floor"]
@@ -257,6 +277,11 @@ def run(cfg: PropagationConfig | None = None) -> kit.Result:
         case["ratio"] = {"median": round(ratio_med, 2), "p99": round(ratio_p99, 2)}
         result.row(label, "ratio to floor median / p99", f"{ratio_med:.2f}x / {ratio_p99:.2f}x",
                    f"<= {GOAL_RATIO:g}x", max(ratio_med, ratio_p99) <= GOAL_RATIO)
+    for case in bare:  # no goal of its own: it shows where the difference comes from
+        label = f"3 dirs+{case['sinks']} sinks, no keychain"
+        a, f = case["agent"], case["floor"]
+        result.row(label, "agent / floor median", f"{kit.ms(a['median_ms'])} / "
+                   f"{kit.ms(f['median_ms'])} ({a['median_ms'] / f['median_ms']:.2f}x)")
     slope, floor_slope = per_sink_ms(cases, "agent"), per_sink_ms(cases, "floor")
     result.data["per_sink_ms"] = {"agent": slope, "floor": floor_slope}
     if slope is not None and floor_slope is not None:
