@@ -52,8 +52,20 @@ def _start_time(pid: int) -> str | None:
 
 
 def tag(pid: int | None = None) -> bytes | None:
+    if pid is None or pid == os.getpid():
+        return _own_tag(os.getpid())
+    return _tag(pid)
+
+
+@functools.lru_cache(maxsize=1)
+def _own_tag(pid: int) -> bytes | None:
+    # Our own start time never changes: read once per process (keyed by pid, so that a forked
+    # child reads its own), not on every lock of every write.
+    return _tag(pid)
+
+
+def _tag(pid: int) -> bytes | None:
     host = _host()
-    pid = os.getpid() if pid is None else pid
     start = _start_time(pid)
     if host is None or start is None:
         return None
