@@ -143,3 +143,32 @@ def test_the_watcher_does_not_ask_inotify_about_reads(tmp_path: Path) -> None:
                 assert mask & wanted
     finally:
         watcher.stop()
+
+
+def test_renames_into_place_are_never_held_back_by_watchdogs_move_pairing(tmp_path: Path
+                                                                          ) -> None:
+    from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
+
+    from agent.watcher import MOVE_PAIRING_S
+
+    assert InotifyMoveEventGrouper.delay == MOVE_PAIRING_S  # set when agent.watcher loads
+    target = tmp_path / "cfg" / ".credentials.json"
+    target.parent.mkdir()
+    events: queue.Queue[object] = queue.Queue()
+    watcher = Watcher([target], events)
+    watcher.start()
+    try:
+        slowest = 0.0
+        for n in range(300):  # the CLI's write: a temp file renamed into place
+            tmp = target.parent / f".credentials.json.tmp.{n}"
+            tmp.write_text("{}")
+            started = time.monotonic()
+            os.replace(tmp, target)
+            while True:
+                event = events.get(timeout=2.0)
+                if event == FileChanged(target, True):
+                    break
+            slowest = max(slowest, time.monotonic() - started)
+        assert slowest < 0.25, f"a rename was seen {slowest * 1000:.0f} ms late"
+    finally:
+        watcher.stop()
