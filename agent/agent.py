@@ -251,7 +251,10 @@ class Agent:
             self._write_failed(store, exc, report)
             return
         if store.watch_path is not None:
-            self.own_writes[store.watch_path] = stat_signature(store.watch_path)
+            # What we put there, not what is there now: another writer may have replaced it
+            # already, and its events must not pass for ours.
+            written = getattr(store, "written", None) if changed else None
+            self.own_writes[store.watch_path] = written or stat_signature(store.watch_path)
         # It holds a login now: its removal from here on is a logout, not a gap to fill.
         self.memory[name].seen_valid = True
         if changed:

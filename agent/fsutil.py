@@ -57,8 +57,14 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, mode: int = PRIVATE_FILE) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old or the new file, never a part."""
+Signature = tuple[int, int, int]
+
+
+def atomic_write(path: Path, data: bytes, mode: int = PRIVATE_FILE) -> Signature:
+    """Replace ``path`` with ``data`` so that readers see the old or the new file, never a part.
+
+    Returns the ``stat_signature`` of the file put in place, taken from the file itself: a
+    ``stat`` of the path afterwards could already see someone else's file."""
     target = write_target(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -71,6 +77,7 @@ def atomic_write(path: Path, data: bytes, mode: int = PRIVATE_FILE) -> None:
             while view:
                 view = view[os.write(fd, view):]
             os.fsync(fd)
+            st = os.fstat(fd)
         finally:
             os.close(fd)
         os.replace(tmp, target)
@@ -80,6 +87,7 @@ def atomic_write(path: Path, data: bytes, mode: int = PRIVATE_FILE) -> None:
         raise StoreError(f"cannot write {target}: {exc.strerror or exc}") from exc
     with contextlib.suppress(OSError):
         fsync_dir(target.parent)
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def read_bytes(path: Path, limit: int) -> bytes | None:
@@ -106,7 +114,7 @@ def read_bytes(path: Path, limit: int) -> bytes | None:
         os.close(fd)
 
 
-def stat_signature(path: Path) -> tuple[int, int, int] | None:
+def stat_signature(path: Path) -> Signature | None:
     """(inode, mtime_ns, size): what changes whenever anyone writes the file."""
     try:
         st = os.stat(path)

@@ -248,3 +248,36 @@ def test_a_keychain_write_that_fails_meanwhile_is_reported_and_retried(tmp_path:
     assert world.files[1].name in report.written and world.sink.name in report.written
     assert agent.next_timeout() <= 1.0  # tried again soon, not at the next audit
     keychain.close()
+
+
+class OvertakenFile(ClaudeFileStore):
+    """A config dir where another writer (no lock, as the tests' writers) replaces the file
+    right after this store's own write, before the agent has looked at it again."""
+
+    def __init__(self, config_dir: Path, theirs: Credential) -> None:
+        super().__init__(config_dir)
+        self.theirs: Credential | None = theirs
+
+    def write(self, cred: Credential, supersedes: Credential | None = None) -> bool:
+        changed = super().write(cred, supersedes)
+        if self.theirs is not None:
+            write_cred(self.config_dir, self.theirs)  # a temp file renamed into place
+            self.theirs = None
+        return changed
+
+
+def test_a_file_replaced_right_after_our_write_is_not_taken_for_ours(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    theirs = make_cred(NOW_MS + 20_000)  # the freshest: it must reach every store
+    overtaken = OvertakenFile(world.dirs[1], theirs)
+    stores = [world.files[0], overtaken, world.files[2], world.sink]
+    agent = Agent(stores, world.state, world.clock, world.events)
+    write_cred(world.dirs[0], make_cred(NOW_MS + 9000))
+    agent.reconcile()
+    assert overtaken.read().valid == theirs
+    # The watcher reports both renames into dirs[1], ours and theirs, after the round.
+    world.events.put(FileChanged(overtaken.path, complete=True))
+    world.events.put(FileChanged(overtaken.path, complete=True))
+    agent.step(timeout=0)
+    assert all((c := s.read().valid) is not None and c.same_tokens(theirs)
+               for s in (world.files[0], world.files[2]))

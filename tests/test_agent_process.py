@@ -187,7 +187,12 @@ def test_four_writers_200_credentials_end_with_every_store_the_freshest(scene: S
         creds = [scene.file_cred(d) for d in scene.dirs]
         return creds[0] is not None and all(c == creds[0] for c in creds)
 
-    wait_for(settled, 10, "every dir holds the same credential")
+    try:
+        wait_for(settled, 10, "every dir holds the same credential")
+    except AssertionError as exc:  # what the agent saw and did, to tell why
+        held = [c.fingerprint if (c := scene.file_cred(d)) else None for d in scene.dirs]
+        raise AssertionError(f"{exc}; dirs hold {held}; agent log:\n"
+                             f"{scene.agent.output()[-3000:] if scene.agent else ''}") from exc
     best = scene.file_cred(scene.dirs[0])
     assert best is not None and best.expires_at_ms >= floor and best.expires_at_ms in written
     wait_for(lambda: scene.everywhere(best), 10, "keychain and sinks hold the freshest")

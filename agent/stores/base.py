@@ -24,6 +24,9 @@ class Store(Protocol):
         """What the store holds now. Raises nothing for a damaged store: the reading says so."""
         ...
 
+    # File stores also set ``written``: the stat signature of the file they last put in place
+    # (agent.fsutil.atomic_write), which tells the agent's own writes from anyone else's.
+
     def write(self, cred: Credential, supersedes: Credential | None = None) -> bool:
         """Make the store hold ``cred``; False when it already did (nothing written), or when
         it holds a fresher credential other than ``supersedes`` (never go backwards).

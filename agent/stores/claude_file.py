@@ -17,7 +17,7 @@ from agent.credential import (
     parse_document,
 )
 from agent.errors import LockError, StoreError
-from agent.fsutil import atomic_write, read_bytes, write_target
+from agent.fsutil import Signature, atomic_write, read_bytes, write_target
 from agent.mkdirlock import release_orphans, storage_write_lock
 
 FILE_NAME = ".credentials.json"
@@ -52,6 +52,8 @@ class ClaudeFileStore:
         self.name = f"file:{config_dir}"
         self.location = str(self.path)
         self._sleep = sleep
+        # The stat signature of the file this store last put in place (see Store.written).
+        self.written: Signature | None = None
 
     @property
     def watch_path(self) -> Path:
@@ -107,5 +109,5 @@ class ClaudeFileStore:
         if reading.state is ReadState.INVALID:
             doc = None  # garbage is replaced whole; there is nothing to keep
         data = json.dumps(merged_document(doc, cred), indent=2).encode() + b"\n"
-        atomic_write(write_target(self.path), data)
+        self.written = atomic_write(write_target(self.path), data)
         return True

@@ -27,6 +27,7 @@ from agent.credential import (
 )
 from agent.errors import StoreError
 from agent.fsutil import (
+    Signature,
     atomic_write,
     ensure_private_dir,
     read_bytes,
@@ -48,6 +49,8 @@ class SinkStore:
         self.env_var = env_var
         self.name = f"sink:{path}"
         self.location = f"{path} ({format})"
+        # The stat signature of the file this store last put in place (see Store.written).
+        self.written: Signature | None = None
 
     @property
     def watch_path(self) -> Path:
@@ -122,7 +125,7 @@ class SinkStore:
         data = self.render(cred, existing)
         if existing == data:
             return False
-        atomic_write(write_target(self.path), data)
+        self.written = atomic_write(write_target(self.path), data)
         return True
 
 
