@@ -250,10 +250,12 @@ class Agent:
         except StoreError as exc:
             self._write_failed(store, exc, report)
             return
-        if store.watch_path is not None:
+        if store.watch_path is not None and changed:
             # What we put there, not what is there now: another writer may have replaced it
-            # already, and its events must not pass for ours.
-            written = getattr(store, "written", None) if changed else None
+            # already, and its events must not pass for ours. Nothing is recorded when the store
+            # was left alone: it may hold a fresher login someone just wrote, whose events must
+            # bring the next round.
+            written = getattr(store, "written", None)
             self.own_writes[store.watch_path] = written or stat_signature(store.watch_path)
         # It holds a login now: its removal from here on is a logout, not a gap to fill.
         self.memory[name].seen_valid = True

@@ -281,3 +281,33 @@ def test_a_file_replaced_right_after_our_write_is_not_taken_for_ours(tmp_path: P
     agent.step(timeout=0)
     assert all((c := s.read().valid) is not None and c.same_tokens(theirs)
                for s in (world.files[0], world.files[2]))
+
+
+class BeatenToIt(ClaudeFileStore):
+    """A config dir where another writer puts a fresher login in place just before this
+    store's own write takes its lock: the store leaves it (never backwards) and writes nothing."""
+
+    def __init__(self, config_dir: Path, theirs: Credential) -> None:
+        super().__init__(config_dir)
+        self.theirs: Credential | None = theirs
+
+    def write(self, cred: Credential, supersedes: Credential | None = None) -> bool:
+        if self.theirs is not None:
+            write_cred(self.config_dir, self.theirs)
+            self.theirs = None
+        return super().write(cred, supersedes)
+
+
+def test_a_fresher_login_found_when_writing_brings_the_next_round(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    theirs = make_cred(NOW_MS + 20_000)
+    beaten = BeatenToIt(world.dirs[1], theirs)
+    stores = [world.files[0], beaten, world.files[2], world.sink]
+    agent = Agent(stores, world.state, world.clock, world.events)
+    write_cred(world.dirs[0], make_cred(NOW_MS + 9000))
+    report = agent.reconcile()
+    assert beaten.name not in report.written and beaten.read().valid == theirs
+    world.events.put(FileChanged(beaten.path, complete=True))  # the other writer's rename
+    agent.step(timeout=0)
+    assert all((c := s.read().valid) is not None and c.same_tokens(theirs)
+               for s in (world.files[0], world.files[2]))
