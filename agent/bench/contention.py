@@ -175,9 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     result = run(ContentionConfig(args.processes, args.rounds, args.dirs),
                  lambda line: print(line, file=sys.stderr, flush=True))
-    print(kit.render_table(result.rows))
-    kit.write_json(args.json, [result])
-    return 1 if result.missed else 0
+    return kit.report(result, args.json)
 
 
 if __name__ == "__main__":

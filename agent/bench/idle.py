@@ -140,10 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.seconds is not None:
         cfg = IdleConfig(seconds=args.seconds, sinks=cfg.sinks, settle_s=cfg.settle_s)
     result = run(cfg)
-    print(kit.render_table(result.rows))
-    if args.json is not None:
-        kit.write_json(args.json, [result])
-    return 1 if result.missed else 0
+    return kit.report(result, args.json)
 
 
 if __name__ == "__main__":

@@ -103,6 +103,15 @@ def write_json(path: Path, results: Sequence[Result], extra: Mapping[str, Any] |
     path.write_text(json.dumps(obj, indent=1, default=str) + "\n")
 
 
+def report(result: Result, json_path: Path | None) -> int:
+    """What every benchmark's command ends with: the table, the JSON file if asked for, and
+    exit 1 when a goal was missed."""
+    print(render_table(result.rows))
+    if json_path is not None:
+        write_json(json_path, [result])
+    return 1 if result.missed else 0
+
+
 def machine() -> dict[str, Any]:
     load = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
     return {"python": sys.version.split()[0], "platform": sys.platform, "cpus": os.cpu_count(),

@@ -314,10 +314,7 @@ def config_from(args: argparse.Namespace) -> PropagationConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     result = run(config_from(args))
-    print(kit.render_table(result.rows))
-    if args.json is not None:
-        kit.write_json(args.json, [result])
-    return 1 if result.missed else 0
+    return kit.report(result, args.json)
 
 
 if __name__ == "__main__":

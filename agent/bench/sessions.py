@@ -91,9 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result, runs = run(cfg, lambda line: print(line, file=sys.stderr, flush=True))
     print(format_results(runs))
     print()
-    print(kit.render_table(result.rows))
-    kit.write_json(args.json, [result])
-    return 1 if result.missed else 0
+    return kit.report(result, args.json)
 
 
 if __name__ == "__main__":

@@ -180,10 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.runs is not None:
         cfg = StartupConfig(runs=args.runs, keychain_case=cfg.keychain_case)
     result = run(cfg)
-    print(kit.render_table(result.rows))
-    if args.json is not None:
-        kit.write_json(args.json, [result])
-    return 1 if result.missed else 0
+    return kit.report(result, args.json)
 
 
 if __name__ == "__main__":

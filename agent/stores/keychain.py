@@ -357,24 +357,28 @@ class KeychainStore:
         return self.backend.get_password(self.service, self.account)
 
     def read_document(self) -> tuple[Reading, dict[str, Any] | None]:
-        try:
-            raw = self._calls.call(self._get, "read")
-        except KeychainUnavailable as exc:
-            return Reading(ReadState.ERROR, detail=str(exc)), None
-        return _document(raw)
+        return self._start_document()()
 
     def start_read(self) -> Callable[[], Reading]:
+        finish = self._start_document()
+        return lambda: finish()[0]
+
+    def _start_document(self) -> Callable[[], tuple[Reading, dict[str, Any] | None]]:
+        # An unusable keychain is a reading (state error, with the reason), never an exception.
+        def failed(exc: KeychainUnavailable) -> tuple[Reading, dict[str, Any] | None]:
+            return Reading(ReadState.ERROR, detail=str(exc)), None
+
         try:
             pending = self._calls.submit(self._get, "read")
         except KeychainUnavailable as exc:
-            failed = Reading(ReadState.ERROR, detail=str(exc))
-            return lambda: failed
+            result = failed(exc)
+            return lambda: result
 
-        def finish() -> Reading:
+        def finish() -> tuple[Reading, dict[str, Any] | None]:
             try:
-                return _document(pending.result())[0]
+                return _document(pending.result())
             except KeychainUnavailable as exc:
-                return Reading(ReadState.ERROR, detail=str(exc))
+                return failed(exc)
         return finish
 
     def read(self) -> Reading:
