@@ -7,30 +7,31 @@ monotonic clock stops while the machine sleeps.
 
 from __future__ import annotations
 
-import functools
 import logging
+import os
 import queue
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, cast
+from typing import Protocol
 
 from agent.alerting import Alerting, observation
 from agent.clock import Clock
-from agent.credential import Credential, Reading, ReadState
+from agent.credential import Reading, ReadState
 from agent.errors import StoreError
-from agent.fsutil import remove_stale_temps, stat_signature, write_target
-from agent.reconcile import Plan, StoreMemory, plan_round
-from agent.refresh import RefreshDriver
-from agent.state import StateDir, token_hash
-from agent.stores.base import Background, Store
+from agent.fsutil import remove_stale_temps, write_target
+from agent.ledger import Ledger, StoreMemory
+from agent.reconcile import GARBAGE_GRACE_S, Reconciler, RoundReport
+from agent.refresh import Kind, RefreshDriver
+from agent.stores.base import Store
 from agent.watcher import DirsChanged, FileChanged
+
+__all__ = ["AUDIT_S", "GARBAGE_GRACE_S", "TICK_S", "Agent", "RoundReport", "Stop", "Wake"]
 
 log = logging.getLogger("credsync.agent")
 
 TICK_S = 30.0  # wall-clock deadlines are re-checked at least this often
 AUDIT_S = 60.0  # a full round even without events: keychains are not watched
-GARBAGE_GRACE_S = 0.5  # unparsable content must stay unchanged this long before it is repaired
 RETRY_MIN_S = 1.0  # a failed write or an unreadable store: next round after 1, 2, 4 ... AUDIT_S
 CLOCK_BACK_S = 1.0  # the wall clock went back by more than this: deadlines move back with it
 STALE_TEMP_S = 60.0  # a temp file of an interrupted write this old is abandoned (writes take ms)
@@ -52,19 +53,11 @@ class WatcherLike(Protocol):
     def sync(self) -> bool: ...
 
 
-@dataclass
-class RoundReport:
-    winner: Credential | None
-    written: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-    plan: Plan | None = None
-
-
 class Agent:
     def __init__(
         self,
         stores: Sequence[Store],
-        state: StateDir,
+        ledger: Ledger,
         clock: Clock,
         events: queue.Queue[object],
         watcher: WatcherLike | None = None,
@@ -72,15 +65,16 @@ class Agent:
         on_round: Callable[[RoundReport], None] | None = None,
         refresh: RefreshDriver | None = None,
         alerting: Alerting | None = None,
+        writer: Reconciler | None = None,
     ) -> None:
-        self.stores = list(stores)
-        # Decided once: a runtime protocol check costs tens of microseconds each time.
-        self.background = {s.name for s in self.stores if isinstance(s, Background)}
-        # Where removing the login is the user logging out: the CLI's own stores. credsync's own
-        # keychain item and the sinks are copies, refilled whenever they go missing.
-        self.logout_aware = {s.name for s in self.stores if s.kind == "claude-file"
-                             or getattr(s, "service", "").startswith("Claude Code-credentials")}
-        self.state = state
+        if writer is None:
+            # The refresh coordinator writes the stores inside its locks: through the very same
+            # writer, so that its writes are recognised as ours too.
+            writer = refresh.coordinator.writer if refresh is not None else \
+                Reconciler(stores, ledger, clock)
+        self.writer = writer
+        self.stores = writer.stores
+        self.ledger = ledger
         self.clock = clock
         self.events = events
         self.watcher = watcher
@@ -88,16 +82,9 @@ class Agent:
         self.on_round = on_round
         self.refresh = refresh
         self.alerting = alerting
-        self.config_dirs = {s.name: str(d) for s in self.stores
-                            if (d := getattr(s, "config_dir", None)) is not None}
-        self.memory: dict[str, StoreMemory] = {}
-        self.rejected: set[str] = set()
-        self.readings: dict[str, Reading] = {}
-        self.own_writes: dict[Path, tuple[int, int, int] | None] = {}
-        self.garbage_since: dict[str, tuple[float, str]] = {}
-        self.write_errors: dict[str, str] = {}
+        self.config_dirs = {s.name: str(s.config_dir) for s in self.stores
+                            if s.config_dir is not None}
         self.rounds = 0
-        self.writes = 0
         self.stopping: str | None = None
         self._dirty = False
         self._due: float | None = None
@@ -107,85 +94,60 @@ class Agent:
         self._retries = 0
         self._last_now: float | None = None
 
+    # The writer's state, as the loop's (tests and status read these).
+    @property
+    def memory(self) -> dict[str, StoreMemory]:
+        return self.writer.memory
+
+    @property
+    def readings(self) -> dict[str, Reading]:
+        return self.writer.readings
+
+    @property
+    def own_writes(self) -> dict[Path, tuple[int, int, int] | None]:
+        return self.writer.own_writes
+
+    @property
+    def writes(self) -> int:
+        return self.writer.writes
+
+    @property
+    def garbage_since(self) -> dict[str, tuple[float, str]]:
+        return self.writer.garbage_since
+
     # ----- persistence -------------------------------------------------------------------
     def load(self) -> None:
-        saved = self.state.load_json("agent.json")
-        mem = saved.get("stores", {})
-        if isinstance(mem, dict):
-            self.memory = {str(k): StoreMemory.from_json(v) for k, v in mem.items()
-                           if isinstance(v, dict)}
-        rejected = saved.get("rejected", [])
-        if isinstance(rejected, list):
-            self.rejected = {str(x) for x in rejected}
+        self.writer.memory = self.ledger.load_memory()
 
     def save(self, extra: dict[str, object] | None = None) -> None:
+        report = self._last_report
+        verdict = report.verdict if report is not None else None
         obj: dict[str, object] = {
-            "stores": {k: v.to_json() for k, v in self.memory.items()},
-            "rejected": sorted(self.rejected)[-64:],
             "readings": {n: {"state": r.state.value, "detail": r.detail}
                          for n, r in self.readings.items()},
+            "login": verdict.state.value if verdict is not None else None,
             "updated_at": self.clock.now(),
+            "pid": os.getpid(),
             "rounds": self.rounds,
             "writes": self.writes,
-            "write_errors": self.write_errors,
+            "write_errors": self.writer.write_errors,
         }
         obj.update(extra or {})
         try:
-            self.state.save_json("agent.json", obj)
+            self.ledger.save_agent(obj)
         except StoreError as exc:
             log.warning("cannot save state: %s", exc)
 
     # ----- one round ---------------------------------------------------------------------
-    def read_all(self) -> dict[str, Reading]:
-        # The keychain's read runs on its worker while the files are read here.
-        started = {s.name: cast(Background, s).start_read() for s in self.stores
-                   if s.name in self.background}
-        return {s.name: started[s.name]() if s.name in started else s.read()
-                for s in self.stores}
-
-    def _settled(self, readings: dict[str, Reading], now: float) -> set[str]:
-        settled: set[str] = set()
-        paths = {s.name: s.watch_path for s in self.stores}
-        for name, reading in readings.items():
-            if reading.state is not ReadState.INVALID:
-                self.garbage_since.pop(name, None)
-                continue
-            # Garbage that keeps changing is a write in progress (a slow writer, in place): the
-            # grace starts again with every change, so a half-written file is never replaced.
-            path = paths.get(name)
-            seen = str(stat_signature(path)) if path is not None else reading.detail
-            first, before = self.garbage_since.get(name, (now, seen))
-            if before != seen:
-                first = now
-            self.garbage_since[name] = (first, seen)
-            if now - first >= GARBAGE_GRACE_S:
-                settled.add(name)
-        return settled
-
     def reconcile(self) -> RoundReport:
         now = self.clock.now()
-        self.readings = readings = self.read_all()
-        sources = {s.name for s in self.stores if s.is_source}
-        settled = self._settled(readings, now)
-        rejected = set(self.rejected)
+        report = self.writer.round()
+        self._schedule_retry(report, self.readings, now)
+        verdict = report.verdict
         if self.refresh is not None:
-            self.refresh.coordinator.records.reload()
-            rejected |= self.refresh.coordinator.records.rejected
-        last_good = self.state.load_last_good()
-        spent = self.refresh.coordinator.journal.spent() if self.refresh is not None else set()
-        plan = plan_round(readings, sources, self.memory, last_good,
-                          rejected, now, settled, self.logout_aware, spent)
-        self.rejected |= rejected - self._server_rejected()
-        report = RoundReport(plan.winner, plan=plan)
-        if plan.winner is not None:
-            self._apply(plan, plan.winner, report, spent)
-        self._schedule_retry(report, readings, now)
-        if self.refresh is not None:
-            self.refresh.observe(plan.winner)
-        if self.alerting is not None:
-            auth = self.refresh.coordinator.records.auth if self.refresh is not None else {}
-            self.alerting.observe(observation(plan.winner, readings, self.config_dirs,
-                                              plan.logged_out, auth, last_good, now))
+            self.refresh.observe(report.winner)
+        if self.alerting is not None and verdict is not None:
+            self.alerting.observe(observation(verdict, self.config_dirs, now))
         self.rounds += 1
         self._next_audit = now + AUDIT_S
         self._last_report = report
@@ -199,7 +161,6 @@ class Agent:
         # A store that could not be written (disk full, permission denied, a busy lock) or read
         # (keychain locked or gone) is tried again soon, backing off to the audit period: it
         # comes back by itself, without waiting for the next write elsewhere.
-        self.write_errors = dict(report.failed)
         troubled = report.failed or any(r.state is ReadState.ERROR for r in readings.values())
         if not troubled:
             self._retry_at, self._retries = None, 0
@@ -207,76 +168,15 @@ class Agent:
         self._retry_at = now + min(AUDIT_S, RETRY_MIN_S * 2.0 ** min(self._retries, 16))
         self._retries += 1
 
-    def _server_rejected(self) -> set[str]:
-        return self.refresh.coordinator.records.rejected if self.refresh is not None else set()
-
-    def _apply(self, plan: Plan, winner: Credential, report: RoundReport,
-               spent: set[str]) -> None:
-        if not winner.same_tokens(self.state.load_last_good()):
-            try:
-                self.state.save_last_good(winner)
-            except StoreError as exc:  # a full disk must not stop the stores being written
-                log.warning("cannot save the last good login: %s", exc)
-        by_name = {s.name: s for s in self.stores}
-        # The keychain's writes start first and run on its worker while the files are written
-        # here (a D-Bus round trip is mostly waiting); this loop waits for them before going on.
-        started: list[tuple[Store, Callable[[], bool]]] = []
-        for name in sorted(plan.writes, key=lambda n: n not in self.background):
-            store = by_name[name]
-            held = self.readings[name].valid if name in self.readings else None
-            # A credential whose refresh token was already redeemed is superseded by the
-            # winner even if it claims a later expiry (the server shortened the lifetime).
-            supersedes = held if held and token_hash(held.refresh_token) in spent else None
-            if name not in self.background:
-                self._finish_write(store, functools.partial(store.write, winner, supersedes),
-                                   plan, winner, report)
-                continue
-            try:
-                started.append((store, cast(Background, store).start_write(winner, supersedes)))
-            except StoreError as exc:
-                self._write_failed(store, exc, report)
-        for store, finish in started:
-            self._finish_write(store, finish, plan, winner, report)
-
-    def _write_failed(self, store: Store, exc: StoreError, report: RoundReport) -> None:
-        report.failed[store.name] = str(exc)
-        log.warning("%s: write failed: %s", store.name, exc)
-
-    def _finish_write(self, store: Store, write: Callable[[], bool], plan: Plan,
-                      winner: Credential, report: RoundReport) -> None:
-        name = store.name
-        try:
-            changed = write()
-        except StoreError as exc:
-            self._write_failed(store, exc, report)
-            return
-        if store.watch_path is not None and changed:
-            # What we put there, not what is there now: another writer may have replaced it
-            # already, and its events must not pass for ours. Nothing is recorded when the store
-            # was left alone: it may hold a fresher login someone just wrote, whose events must
-            # bring the next round.
-            written = getattr(store, "written", None)
-            self.own_writes[store.watch_path] = written or stat_signature(store.watch_path)
-        # It holds a login now: its removal from here on is a logout, not a gap to fill.
-        self.memory[name].seen_valid = True
-        if changed:
-            self.writes += 1
-            report.written.append(name)
-            verb = "restored" if name in plan.restores else "updated"
-            log.info("%s: %s to %s (expires %s)", name, verb, winner.fingerprint,
-                     _iso(winner.expires_at))
-
     def recover(self) -> None:
         """Clean up after a credsync process that was killed (at start and on every audit)."""
         # A lock it held stays behind: free it now rather than block every session until its
         # stale time (agent.lockowner).
         for store in self.stores:
-            release = getattr(store, "release_orphaned_locks", None)
-            if callable(release):
-                for path in release():
-                    log.warning("removed lock %s left by a credsync process that died", path)
+            for path in store.release_orphaned_locks():
+                log.warning("removed lock %s left by a credsync process that died", path)
         # A write it had begun leaves a temp file, which may hold a token.
-        places: dict[Path, set[str] | None] = {self.state.path: None}
+        places: dict[Path, set[str] | None] = {self.ledger.path: None, self.ledger.root: None}
         for store in self.stores:
             if store.watch_path is not None:
                 target = write_target(store.watch_path)
@@ -288,16 +188,16 @@ class Agent:
                 log.info("removed %s, left by an interrupted write", path)
 
     # ----- the loop ----------------------------------------------------------------------
-    def _is_own_write(self, path: Path) -> bool:
-        expected = self.own_writes.get(path)
-        return expected is not None and stat_signature(path) == expected
-
     def handle(self, event: object) -> None:
         now = self.clock.now()
         if isinstance(event, Stop):
             self.stopping = event.reason
         elif isinstance(event, FileChanged):
-            if not self._is_own_write(event.path):
+            if event.writing:
+                self.writer.writer_active(event.path, now)
+            elif event.complete:
+                self.writer.writer_done(event.path)
+            if not self.writer.is_own_write(event.path):
                 self._mark_dirty(now, 0.0 if event.complete else self.debounce_s)
         elif isinstance(event, DirsChanged):
             if self.watcher is not None:
@@ -319,8 +219,9 @@ class Agent:
             deadlines.append(self._due)
         if self._retry_at is not None:
             deadlines.append(self._retry_at)
-        if self.garbage_since:
-            deadlines.append(min(t for t, _ in self.garbage_since.values()) + GARBAGE_GRACE_S)
+        garbage_at = self.writer.next_garbage_check()
+        if garbage_at is not None:
+            deadlines.append(garbage_at)
         refresh_at = self.refresh.next_at() if self.refresh is not None else None
         if refresh_at is not None:
             deadlines.append(refresh_at)
@@ -336,8 +237,7 @@ class Agent:
             self._next_audit += delta
             self._due = None if self._due is None else self._due + delta
             self._retry_at = None if self._retry_at is None else self._retry_at + delta
-            self.garbage_since = {k: (t + delta, seen)
-                                  for k, (t, seen) in self.garbage_since.items()}
+            self.writer.moved_clock(delta)
             if self.refresh is not None:
                 self.refresh.clock_moved(delta)
         self._last_now = now
@@ -345,7 +245,8 @@ class Agent:
     def due_work(self) -> None:
         now = self.clock.now()
         self._follow_clock(now)
-        garbage_due = any(now - t >= GARBAGE_GRACE_S for t, _ in self.garbage_since.values())
+        garbage_at = self.writer.next_garbage_check()
+        garbage_due = garbage_at is not None and now >= garbage_at
         retry_due = self._retry_at is not None and now >= self._retry_at
         if now >= self._next_audit:
             self.recover()
@@ -359,7 +260,7 @@ class Agent:
             outcome = self.refresh.due(self.clock.now())
             if outcome is not None:
                 log.info("refresh: %s (%s)", outcome.kind, outcome.message)
-                if outcome.kind in ("refreshed", "adopted", "relogin-required"):
+                if outcome.kind in (Kind.REFRESHED, Kind.ADOPTED, Kind.RELOGIN):
                     # The stores the refresher left alone get the new login; a refused one is
                     # dropped from the contest, and the user is told when nothing is left.
                     self.reconcile()
@@ -395,9 +296,3 @@ class Agent:
                 self.watcher.stop()
             self.save({"stopped_at": self.clock.now()})
         return self.stopping or "stopped"
-
-
-def _iso(ts: float) -> str:
-    import datetime as dt
-
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

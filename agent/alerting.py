@@ -1,30 +1,26 @@
 """From what the agent saw in a round to what the user is told (glue: policy + delivery + state).
 
-``observation()`` decides whether a re-login is really required:
-- no usable login is left (every copy cleared, garbage or refused by the server) while the user
-  did not log out on purpose; or
-- the refresh of the current login was refused and nothing fresher exists; or
-- the refresh token's own expiry (``refreshTokenExpiresAt``) has passed.
-Transient failures never count: they are the refresh driver's business while the token works.
+A re-login is required exactly when the winner rule says so (``agent.winner``): a config dir
+holds the login, but every copy of it is cleared, garbage or refused by the server. A logout is
+not a reason to alert; transient failures never count (they are the refresh driver's business
+while the token works); a refresh token past its stated expiry is tried, and the server decides.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Protocol
 
 from agent.alerts import Alert, AlertPolicy, AuthObservation, Notice
 from agent.clock import Clock
 from agent.config import NotifySection
-from agent.credential import Credential, Reading, ReadState
 from agent.errors import StoreError
-from agent.fsutil import atomic_write
-from agent.state import StateDir
+from agent.fsutil import atomic_write, read_bytes
+from agent.ledger import ALERTS_FILE, MAX_STATE_BYTES, Ledger
+from agent.winner import Verdict
 
 log = logging.getLogger("credsync.alerting")
-
-ALERTS_FILE = "alerts.json"
 
 
 class NotifierLike(Protocol):
@@ -32,47 +28,26 @@ class NotifierLike(Protocol):
     def close(self) -> None: ...
 
 
-def observation(
-    winner: Credential | None,
-    readings: Mapping[str, Reading],
-    config_dirs: Mapping[str, str],
-    logged_out: Sequence[str],
-    auth: Mapping[str, object],
-    last_good: Credential | None,
-    now: float,
-) -> AuthObservation:
-    """``config_dirs`` maps a file store's name to its dir; ``auth`` is refresh.json's auth."""
-    affected = [d for name, d in config_dirs.items() if name not in logged_out]
-    refused = auth.get("state") == "relogin-required"
-    since = auth.get("since")
-    since_f = float(since) if isinstance(since, (int, float)) else now
-    auth_fp = auth.get("fingerprint")
+def observation(verdict: Verdict, config_dirs: Mapping[str, str], now: float) -> AuthObservation:
+    """What the alert policy is told of one round's verdict (``config_dirs`` maps a file
+    store's name to its dir)."""
+    winner = verdict.winner
     if winner is not None:
-        rt_end = winner.refresh_token_expires_at
-        if rt_end is not None and rt_end <= now:
-            return AuthObservation(True, "the login's refresh token has expired", affected,
-                                   rt_end, winner.fingerprint)
-        if refused and auth_fp == winner.fingerprint:
-            return AuthObservation(True, str(auth.get("reason", "")), affected, since_f,
-                                   winner.fingerprint)
         return AuthObservation(False, valid_login_fingerprint=winner.fingerprint,
-                               refresh_token_expires_at=rt_end)
-    damaged = any(r.state in (ReadState.CLEARED, ReadState.INVALID) for r in readings.values())
-    if not (refused or damaged) or not affected:
+                               refresh_token_expires_at=winner.refresh_token_expires_at)
+    if not verdict.relogin_required:
         return AuthObservation(False)  # nothing there, or a deliberate logout everywhere
-    reason = str(auth.get("reason")) if refused else "every copy of the login was cleared"
-    fp = auth_fp if isinstance(auth_fp, str) else (last_good.fingerprint if last_good else None)
-    return AuthObservation(True, reason, affected, since_f if refused else now, fp)
+    affected = [d for name, d in config_dirs.items() if name not in verdict.logged_out]
+    fingerprint = verdict.refused[0] if verdict.refused else None
+    return AuthObservation(True, verdict.reason, affected, now, fingerprint)
 
 
 class Alerting:
-    def __init__(self, settings: NotifySection, notifier: NotifierLike, state: StateDir,
+    def __init__(self, settings: NotifySection, notifier: NotifierLike, state: Ledger,
                  clock: Clock) -> None:
         self.notifier = notifier
         self.state = state
-        saved = state.file(ALERTS_FILE)
-        # Undecodable bytes become a parse error below: a damaged file starts the policy afresh.
-        text = saved.read_text(errors="replace") if saved.is_file() else ""
+        text = _saved_text(state)
         self.policy = (AlertPolicy.from_json(text, settings, clock) if text
                        else AlertPolicy(settings, clock))
         self._saved = self.policy.to_json()
@@ -102,13 +77,17 @@ class Alerting:
         self.notifier.close()
 
 
-def load_active_alert(state: StateDir, settings: NotifySection, clock: Clock) -> Alert | None:
+def load_active_alert(state: Ledger, settings: NotifySection, clock: Clock) -> Alert | None:
     """The alert as the agent last saved it, for ``credsync status``."""
-    saved = state.file(ALERTS_FILE)
-    if not saved.is_file():
-        return None
+    text = _saved_text(state)
+    return AlertPolicy.from_json(text, settings, clock).active_alert if text else None
+
+
+def _saved_text(ledger: Ledger) -> str:
+    # Undecodable bytes become a parse error in the policy: a damaged file starts it afresh; a
+    # FIFO or a directory there reads as nothing instead of hanging or failing.
     try:
-        return AlertPolicy.from_json(saved.read_text(errors="replace"), settings,
-                                     clock).active_alert
-    except OSError:
-        return None
+        raw = read_bytes(ledger.file(ALERTS_FILE), MAX_STATE_BYTES)
+    except StoreError:
+        return ""
+    return raw.decode(errors="replace") if raw else ""

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.errors import KeychainUnavailable
-from agent.state import StateDir
+from agent.ledger import Ledger
 from agent.stores.base import Store
 from agent.stores.claude_file import ClaudeFileStore
 from agent.stores.sink import SinkStore
@@ -83,12 +83,11 @@ def build_stores(settings: Settings, backend: KeychainBackend | None = None) -> 
     return stores
 
 
-def state_dir(settings: Settings) -> StateDir:
-    return StateDir(Path(settings.agent.state_dir))
+def ledger_of(settings: Settings) -> Ledger:
+    """The ledger of the login these settings keep: one scope per set of config dirs."""
+    return Ledger(Path(settings.agent.state_dir), settings.claude.config_dirs)
 
 
 def close_stores(stores: list[Store]) -> None:
     for store in stores:
-        close = getattr(store, "close", None)
-        if callable(close):
-            close()
+        store.close()

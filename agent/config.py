@@ -168,6 +168,9 @@ class RefreshSection(Section):
     client_window_s: float = Field(300, ge=0, description="seconds, 0 or more")
     margin_s: float = Field(60, ge=0, description="seconds, 0 or more")
     nominal_lifetime_s: float = Field(8 * 3600, gt=0, description="seconds, more than 0")
+    max_lifetime_s: float = Field(
+        86400, gt=0, description="seconds, more than 0: a credential claiming to expire later "
+                                 "than this from now never wins")
     token_url: str = Field(CLAUDE_TOKEN_URL, pattern=r"^https?://",
                            description="an http(s) URL")
     _token_url = field_validator("token_url")(_http_url)

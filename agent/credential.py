@@ -171,6 +171,11 @@ def parse_document(raw: bytes) -> tuple[Reading, dict[str, Any] | None]:
         return Reading(ReadState.INVALID, detail="empty file"), None
     try:
         doc = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        # JSON that ends early is what a write in progress looks like between two chunks.
+        cut = exc.pos >= len(exc.doc.rstrip())
+        return Reading(ReadState.INVALID, detail="truncated JSON" if cut else
+                       f"not JSON ({type(exc).__name__})"), None
     except (ValueError, RecursionError) as exc:
         return Reading(ReadState.INVALID, detail=f"not JSON ({type(exc).__name__})"), None
     if not isinstance(doc, dict):

@@ -14,23 +14,23 @@ credsync process), then for every config dir, sorted by real path, the CLI's
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import os
 import random
-import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from agent.clock import Clock
-from agent.credential import Credential, ReadState
+from agent.credential import Credential
 from agent.errors import InvalidGrantError, LockError, StoreError, TransientRefreshError
 from agent.filelock import FileLock
+from agent.ledger import token_hash
 from agent.mkdirlock import MkdirLock, legacy_refresh_lock, oauth_refresh_lock
-from agent.reconcile import choose_winner
-from agent.state import Journal, StateDir, token_hash
-from agent.stores.base import Store
+from agent.reconcile import Reconciler
+from agent.winner import LoginState, Verdict
 
 if TYPE_CHECKING:  # pydantic stays out of `credsync token`'s start-up
     from agent.config import RefreshSection
@@ -40,8 +40,6 @@ log = logging.getLogger("credsync.refresh")
 CLI_LOCK_WAIT_S = 10.0
 MIN_INTERVAL_S = 10.0  # never refresh again sooner than this after our own refresh...
 MIN_INTERVAL_FRACTION = 0.25  # ...or than this fraction of the lifetime, when that is shorter
-REFRESH_FILE = "refresh.json"
-JOURNAL_FILE = "journal"
 
 
 class RefreshResultLike(Protocol):
@@ -55,16 +53,35 @@ class Refresher(Protocol):
     def refresh(self, cred: Credential) -> RefreshResultLike: ...
 
 
+class Kind(str, enum.Enum):
+    REFRESHED = "refreshed"
+    ADOPTED = "adopted"  # another process had refreshed: its login was taken, nothing sent
+    NOT_DUE = "not-due"
+    TRANSIENT = "transient"  # network, 5xx, 429: retried later, the token is unspent
+    RELOGIN = "relogin-required"
+    LOGGED_OUT = "logged-out"  # the user logged out: nothing to refresh
+    NONE = "none"  # no login at all
+    BUSY = "busy"  # another process holds the locks
+
+    @classmethod
+    def of_state(cls, state: LoginState) -> Kind:
+        return {LoginState.LOGGED_OUT: cls.LOGGED_OUT,
+                LoginState.RELOGIN: cls.RELOGIN}.get(state, cls.NONE)
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass(frozen=True)
 class Outcome:
-    kind: str  # refreshed | adopted | not-due | transient | relogin-required | busy | none
+    kind: Kind
     credential: Credential | None = None
     message: str = ""
     retry_after_s: float | None = None
 
     @property
     def ok(self) -> bool:
-        return self.kind in ("refreshed", "adopted", "not-due")
+        return self.kind in (Kind.REFRESHED, Kind.ADOPTED, Kind.NOT_DUE)
 
 
 class Schedule:
@@ -92,6 +109,11 @@ class Schedule:
         planned = issued + lifetime_s * (self.section.at_fraction + self.jitter(cred))
         latest = cred.expires_at - self.section.client_window_s - self.section.margin_s
         due = min(planned, latest)
+        ends = cred.refresh_token_expires_at
+        if ends is not None:
+            # A refresh token said to expire is tried before then (at once when the date has
+            # passed): the server, not the date, decides whether a re-login is needed.
+            due = min(due, ends - self.section.margin_s)
         if last_refresh_at is not None:
             # A misconfiguration never loops. The floor shrinks with the lifetime: a fixed 10 s
             # after a refresh of a token that lives only seconds would let it expire first.
@@ -100,101 +122,55 @@ class Schedule:
         return due
 
 
-class RefreshState:
-    """``refresh.json``: lifetime, last refresh, auth state, rejected tokens (hashes only)."""
-
-    def __init__(self, state: StateDir) -> None:
-        self.state = state
-        self.data = state.load_json(REFRESH_FILE)
-
-    def reload(self) -> None:
-        self.data = self.state.load_json(REFRESH_FILE)
-
-    def save(self) -> None:
-        try:
-            self.state.save_json(REFRESH_FILE, self.data)
-        except StoreError as exc:
-            log.warning("cannot save refresh state: %s", exc)
-
-    @property
-    def salt(self) -> str:
-        return self.ensure_salt()
-
-    def ensure_salt(self) -> str:
-        """The install's jitter salt, drawn and saved on first use."""
-        if not isinstance(self.data.get("salt"), str):
-            self.data["salt"] = secrets.token_hex(8)
-            self.save()
-        return str(self.data["salt"])
-
-    @property
-    def lifetime_s(self) -> float | None:
-        value = self.data.get("lifetime_s")
-        return float(value) if isinstance(value, (int, float)) else None
-
-    @property
-    def refreshed_at(self) -> float | None:
-        value = self.data.get("refreshed_at")
-        return float(value) if isinstance(value, (int, float)) else None
-
-    @property
-    def rejected(self) -> set[str]:
-        value = self.data.get("rejected", [])
-        return {str(x) for x in value} if isinstance(value, list) else set()
-
-    def add_rejected(self, refresh_token: str) -> None:
-        self.data["rejected"] = sorted(self.rejected | {token_hash(refresh_token)})[-64:]
-
-    @property
-    def auth(self) -> dict[str, object]:
-        value = self.data.get("auth")
-        return value if isinstance(value, dict) else {"state": "ok"}
-
-    def set_auth(self, state: str, now: float, reason: str = "",
-                 fingerprint: str | None = None) -> None:
-        if self.auth.get("state") != state or self.auth.get("fingerprint") != fingerprint:
-            self.data["auth"] = {"state": state, "since": now, "reason": reason,
-                                 "fingerprint": fingerprint}
-
-    def record_refresh(self, cred: Credential, expires_in: float, now: float) -> None:
-        self.data.update(lifetime_s=expires_in, refreshed_at=now, fingerprint=cred.fingerprint)
-        self.set_auth("ok", now, fingerprint=cred.fingerprint)
-
-
 class Coordinator:
+    """One refresh decision at a time, under every lock; stores are written by ``writer``."""
+
     def __init__(
         self,
         section: RefreshSection,
-        stores: Sequence[Store],
+        writer: Reconciler,
         config_dirs: Sequence[Path],
-        state: StateDir,
         refresher: Refresher,
         clock: Clock,
         lock_wait_s: float | None = None,
         cli_lock_wait_s: float = CLI_LOCK_WAIT_S,
     ) -> None:
         self.section = section
-        self.stores = list(stores)
+        self.writer = writer
+        self.ledger = writer.ledger
+        self.stores = writer.stores
         self.config_dirs = list(config_dirs)
-        self.state = state
         self.refresher = refresher
         self.clock = clock
-        self.records = RefreshState(state)
-        self.schedule = Schedule(section, self.records.salt)
-        self.journal = Journal(state.file(JOURNAL_FILE))
-        self.lock = FileLock(state.file("refresh.lock"))
+        self.records = self.ledger.login()
+        self.journal = self.ledger.journal
+        self.lock = FileLock(self.ledger.refresh_lock_path)
         # Long enough for another credsync process to finish its whole refresh.
         self.lock_wait_s = lock_wait_s if lock_wait_s is not None else section.timeout_s * 2 + 15
         self.cli_lock_wait_s = cli_lock_wait_s
 
+    @property
+    def schedule(self) -> Schedule:
+        return Schedule(self.section, self.records.salt)
+
     # ----- reading -----------------------------------------------------------------------
+    def verdict(self) -> Verdict:
+        """The winner rule on what every store holds now."""
+        return self.writer.verdict()
+
     def best(self) -> Credential | None:
-        """The freshest valid credential in any store or the last-good copy, not rejected."""
-        candidates = [r.valid for s in self.stores if s.is_source and (r := s.read()).valid]
-        last_good = self.state.load_last_good()
-        if last_good is not None:
-            candidates.append(last_good)
-        return choose_winner(candidates, self.records.rejected, self.journal.spent())
+        return self.verdict().winner
+
+    def refresh_state(self, verdict: Verdict | None = None) -> str:
+        """One word for status: the login's state when it is not usable, else the last refresh
+        problem (retrying, offline) while it concerns the current login, else ok."""
+        verdict = verdict or self.verdict()
+        if verdict.winner is None:
+            return verdict.state.value
+        problem = self.records.problem
+        if problem.get("fingerprint") == verdict.winner.fingerprint:
+            return str(problem.get("state"))
+        return "ok"
 
     def deadline(self, cred: Credential) -> float:
         lifetime, _ = self.schedule.lifetime(self.records.lifetime_s)
@@ -220,103 +196,110 @@ class Coordinator:
         try:
             with self.locked():
                 self.records.reload()
+                self._compact()
                 outcome = self._locked(seen, force)
-                self.records.save()
+                self._save()
                 return outcome
         except LockError as exc:
-            return Outcome("busy", seen, str(exc), retry_after_s=5.0)
+            return Outcome(Kind.BUSY, seen, str(exc), retry_after_s=5.0)
+
+    def _save(self) -> None:
+        try:
+            self.records.save()
+        except StoreError as exc:
+            log.warning("cannot save refresh state: %s", exc)
+
+    def _compact(self) -> None:
+        if self.journal.needs_compaction():
+            try:
+                kept = self.journal.compact(self.clock.now())
+                log.info("journal compacted: %d hashes kept", kept)
+            except StoreError as exc:
+                log.warning("cannot compact the journal: %s", exc)
 
     def _locked(self, seen: Credential | None, force: bool) -> Outcome:
         now = self.clock.now()
-        best = self.best()
+        verdict = self.verdict()
+        best = verdict.winner
         if best is None:
-            self.records.set_auth("relogin-required", now, "no valid login in any store")
-            return Outcome("relogin-required", None, "no valid login in any store")
-        if seen is not None and best.fresher_than(seen) and not best.same_tokens(seen):
-            self._write_stores(best)
-            return Outcome("adopted", best, "another process had refreshed already")
+            return Outcome(Kind.of_state(verdict.state), None, verdict.reason)
+        if seen is not None and not best.same_tokens(seen) and \
+                self.writer.rules(now).beats(best, seen):
+            self.writer.round()
+            return Outcome(Kind.ADOPTED, best, "another process had refreshed already")
         if not force and now < self.deadline(best):
-            return Outcome("not-due", best, "not due yet")
+            return Outcome(Kind.NOT_DUE, best, "not due yet")
         return self._redeem(best, now)
 
     def _redeem(self, cred: Credential, now: float) -> Outcome:
-        if cred.refresh_token in self.journal:
+        if self.journal.was_sent(cred.refresh_token):
             return self._lost(cred, now, "its refresh token was sent before and the answer is "
                                          "unknown (credsync stopped or the answer was lost)")
         prepare = getattr(self.refresher, "prepare", None)
         if callable(prepare):
             prepare()  # build the HTTP client first: journal-to-send must be as short as can be
         try:
-            self.journal.record(cred.refresh_token)
+            self.journal.record(cred.refresh_token, now)
         except (OSError, StoreError) as exc:
             # Unrecorded, it could be sent twice after a crash: send nothing (disk full).
             log.warning("cannot record the refresh in the journal (%s); not refreshing", exc)
-            return Outcome("transient", cred, f"cannot write the journal: {exc}")
+            return Outcome(Kind.TRANSIENT, cred, f"cannot write the journal: {exc}")
         log.info("refreshing %s (expires %.0f s from now)", cred.fingerprint,
                  cred.expires_at - now)
         try:
             result = self.refresher.refresh(cred)
         except InvalidGrantError as exc:
-            return self._rejected(cred, now, str(exc))
+            return self._refused(cred, now, "the token server refused the refresh token",
+                                 str(exc))
         except TransientRefreshError as exc:
             if exc.may_have_rotated:
                 return self._lost(cred, now, str(exc))
-            self.journal.release(cred.refresh_token)
+            self._release(cred, now)
             state = "offline" if cred.expires_at <= now else "retrying"
-            self.records.set_auth(state, now, str(exc), cred.fingerprint)
-            return Outcome("transient", cred, str(exc), exc.retry_after_s)
+            self.records.set_problem(state, now, str(exc), cred.fingerprint)
+            return Outcome(Kind.TRANSIENT, cred, str(exc), exc.retry_after_s)
+        return self._answered(cred, result)
+
+    def _release(self, cred: Credential, now: float) -> None:
+        try:
+            self.journal.release(cred.refresh_token, now)
+        except StoreError as exc:  # it stays marked as sent: never re-sent, at worst
+            log.warning("cannot record that the refresh token was not spent: %s", exc)
+
+    def _answered(self, cred: Credential, result: RefreshResultLike) -> Outcome:
         new = result.credential
         # Persisted before anything else: a successful answer is never discarded. A state dir
         # that refuses it (disk full) must not stop the stores, which are persistence too.
         try:
-            self.state.save_last_good(new)
+            self.ledger.save_last_good(new)
         except StoreError as exc:
             log.error("cannot save the new login in the state dir (%s); writing the stores",
                       exc)
         self.records.record_refresh(new, result.expires_in, self.clock.now())
-        self.records.save()
-        self._write_stores(new)
+        self._save()
+        self.writer.round(new)
         log.info("refreshed %s -> %s (lifetime %.0f s)", cred.fingerprint, new.fingerprint,
                  result.expires_in)
-        return Outcome("refreshed", new, f"new token {new.fingerprint}")
+        return Outcome(Kind.REFRESHED, new, f"new token {new.fingerprint}")
 
-    def _rejected(self, cred: Credential, now: float, why: str) -> Outcome:
-        self.records.add_rejected(cred.refresh_token)
-        again = self.best()  # re-read once: someone may have rotated meanwhile
-        if again is not None and not again.same_tokens(cred):
-            self._write_stores(again)
-            return Outcome("adopted", again, "the refresh was refused but a fresher login exists")
-        said = "the token server refused the refresh token"
-        self.records.set_auth("relogin-required", now, said, cred.fingerprint)
+    def _refused(self, cred: Credential, now: float, said: str, why: str) -> Outcome:
+        try:
+            self.journal.reject(token_hash(cred.refresh_token), now)
+        except StoreError as exc:
+            log.warning("cannot record the refused login: %s", exc)
+        again = self.verdict()  # re-read once: someone may have rotated meanwhile
+        if again.winner is not None and not again.winner.same_tokens(cred):
+            self.writer.round()
+            return Outcome(Kind.ADOPTED, again.winner,
+                           "the refresh was refused but a fresher login exists")
         log.error("refresh of %s refused (%s): a re-login is required", cred.fingerprint, why)
-        return Outcome("relogin-required", cred, said)
+        return Outcome(Kind.RELOGIN, cred, said)
 
     def _lost(self, cred: Credential, now: float, why: str) -> Outcome:
         # The server may have rotated the token: sending it again would present a used token and
         # revoke the whole family. Say so, once, and never loop.
-        self.records.add_rejected(cred.refresh_token)
-        again = self.best()
-        if again is not None and not again.same_tokens(cred):
-            self._write_stores(again)
-            return Outcome("adopted", again, "a fresher login exists")
         reason = "the answer to a refresh was lost, so the login may have been rotated away"
-        self.records.set_auth("relogin-required", now, reason, cred.fingerprint)
-        log.error("%s: %s (%s); a re-login is required", cred.fingerprint, reason, why)
-        return Outcome("relogin-required", cred, reason)
-
-    def _write_stores(self, cred: Credential) -> None:
-        for store in self.stores:
-            reading = store.read()
-            # Stores that hold a login get the new one; credsync's own copies too. Logged-out,
-            # cleared and missing CLI stores are the agent's decision, not the refresher's.
-            if reading.state is not ReadState.VALID and store.kind == "claude-file":
-                continue
-            held = reading.valid
-            spent = held is not None and held.refresh_token in self.journal
-            try:
-                store.write(cred, held if spent else None)
-            except StoreError as exc:
-                log.warning("%s: write failed after refresh: %s", store.name, exc)
+        return self._refused(cred, now, reason, why)
 
 
 class BackoffLike(Protocol):
@@ -382,11 +365,11 @@ class RefreshDriver:
         return outcome
 
     def _after(self, outcome: Outcome, now: float) -> None:
-        if outcome.kind in ("transient", "busy"):
+        if outcome.kind in (Kind.TRANSIENT, Kind.BUSY):
             self.retry_at = now + self.backoff.delay(self.attempt, outcome.retry_after_s)
             self.attempt += 1
             return
-        if outcome.kind == "relogin-required":
+        if outcome.kind is Kind.RELOGIN:
             self.blocked_on = self.current.fingerprint if self.current else None
             return
         self.attempt, self.retry_at = 0, None

@@ -196,10 +196,21 @@ def _parse_success(cred: Credential, body: Mapping[str, Any] | None, sent_at: fl
     refresh_in = _positive_number(body.get("refresh_token_expires_in"))
     if refresh_in is not None:
         oauth["refreshTokenExpiresAt"] = round((sent_at + refresh_in) * 1000)
+    elif _stale_refresh_expiry(cred, oauth, sent_at):
+        # A new refresh token without a stated expiry, or an old one the server just honoured
+        # after its stated expiry: the old date says nothing true any more.
+        oauth.pop("refreshTokenExpiresAt", None)
     scope = body.get("scope")
     if isinstance(scope, str) and scope.strip():
         oauth["scopes"] = scope.split()
     return RefreshResult(Credential(oauth), expires_in)
+
+
+def _stale_refresh_expiry(cred: Credential, oauth: Mapping[str, Any], sent_at: float) -> bool:
+    ends = cred.refresh_token_expires_at
+    if ends is None:
+        return False
+    return oauth.get("refreshToken") != cred.refresh_token or ends <= sent_at
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:

@@ -10,12 +10,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.build import build_stores, close_stores, state_dir
+from agent.build import build_stores, close_stores, ledger_of
 from agent.clock import Clock, SystemClock
 from agent.credential import Credential
-from agent.errors import AgentAlreadyRunning, LockError, RefreshError, ReloginRequired
-from agent.refresh import Coordinator, Outcome, RefreshDriver, RefreshResultLike, RefreshState
+from agent.errors import (
+    AgentAlreadyRunning,
+    LockError,
+    RefreshError,
+    ReloginRequired,
+    StoreError,
+)
+from agent.reconcile import Reconciler
+from agent.refresh import Coordinator, Kind, Outcome, RefreshDriver, RefreshResultLike
 from agent.stores.claude_file import ClaudeFileStore
+from agent.winner import LoginState, Verdict
 
 # `credsync token` imports this module: what only the other commands need (pydantic through
 # the config, portalocker, the status report) is imported where it is used.
@@ -31,15 +39,15 @@ log = logging.getLogger("credsync")
 def run_agent(settings: Settings, config_path: Path, events: queue.Queue[object]) -> str:
     from agent.filelock import InstanceLock
 
-    state = state_dir(settings)
-    state.ensure()
-    instance = InstanceLock(state.path)
+    ledger = ledger_of(settings)
+    ledger.ensure()
+    instance = InstanceLock(ledger.path)
     try:
         instance.acquire()
     except LockError as exc:
         pid = instance.holder()
         raise AgentAlreadyRunning(
-            f"another agent already runs for {state.path} (pid {pid}); stop it first",
+            f"another agent already runs for {ledger.path} (pid {pid}); stop it first",
             pid) from exc
     # The loop's modules (watchdog among them) are loaded only by the command that runs it.
     from agent.agent import Agent
@@ -49,7 +57,8 @@ def run_agent(settings: Settings, config_path: Path, events: queue.Queue[object]
 
     clock = SystemClock()
     try:
-        with coordinator(settings, clock) as coord:
+        with coordinator(settings, clock, repair_garbage=True) as coord:
+            coord.records.ensure_salt()
             stores = coord.stores
             driver = None
             if settings.refresh.enabled:
@@ -57,13 +66,13 @@ def run_agent(settings: Settings, config_path: Path, events: queue.Queue[object]
 
                 driver = RefreshDriver(coord, Backoff())
             watch = [s.watch_path for s in stores if s.watch_path is not None]
-            alerting = Alerting(settings.notify, build_notifier(settings.notify), state, clock)
-            agent = Agent(stores, state, clock, events, Watcher(watch, events),
+            alerting = Alerting(settings.notify, build_notifier(settings.notify), ledger, clock)
+            agent = Agent(stores, ledger, clock, events, Watcher(watch, events),
                           debounce_s=settings.agent.debounce_ms / 1000, refresh=driver,
-                          alerting=alerting)
+                          alerting=alerting, writer=coord.writer)
             agent.load()
             log.info("started: %d stores, config %s, state %s", len(stores), config_path,
-                     state.path)
+                     ledger.path)
             try:
                 return agent.run()
             finally:
@@ -98,20 +107,34 @@ class LazyRefresher:
 
 
 @contextmanager
-def coordinator(settings: Settings, clock: Clock) -> Iterator[Coordinator]:
+def coordinator(settings: Settings, clock: Clock,
+                repair_garbage: bool = False) -> Iterator[Coordinator]:
+    """The refresh coordinator and, through it, the one writer of the stores. One-shot
+    commands never repair garbage: only the agent can tell a write in progress."""
     stores = build_stores(settings)
     refresher = LazyRefresher(settings, clock)
+    writer = Reconciler(stores, ledger_of(settings), clock, settings.refresh.max_lifetime_s,
+                        repair_garbage)
     try:
-        yield Coordinator(settings.refresh, stores, settings.claude.config_dirs,
-                          state_dir(settings), refresher, clock)
+        yield Coordinator(settings.refresh, writer, settings.claude.config_dirs, refresher,
+                          clock)
     finally:
         refresher.close()
         close_stores(stores)
 
 
+def _prepare_ledger(coord: Coordinator) -> None:
+    try:
+        coord.ledger.ensure()
+        coord.records.ensure_salt()
+    except StoreError as exc:
+        raise RefreshError(f"cannot use the state dir: {exc}") from exc
+
+
 def refresh_now(settings: Settings) -> Outcome:
     """One refresh now, under the locks (``credsync refresh``)."""
     with coordinator(settings, SystemClock()) as coord:
+        _prepare_ledger(coord)
         return coord.run(coord.best(), force=True)
 
 
@@ -128,22 +151,23 @@ def valid_token(settings: Settings, note: Note | None = None) -> str:
 
     With a ``note`` (``credsync token``), a token handed out without refreshing is remembered
     together with every input it was chosen from, for the next call's fast path."""
-    if note is not None:
-        # The install's jitter salt is written on first use: before the reads, not between them.
-        RefreshState(state_dir(settings)).ensure_salt()
-        note.watch(note_inputs(settings))  # before anything below reads them
     with coordinator(settings, SystemClock()) as coord:
-        best = coord.best()
+        # The install's jitter salt is written on first use: before the reads, not between them.
+        _prepare_ledger(coord)
+        if note is not None:
+            note.watch(note_inputs(settings))  # before anything below reads them
+        verdict = coord.verdict()
+        best = verdict.winner
         token = _fresh(settings, coord, best)
         if token is not None and best is not None:
             if note is not None and note_allowed(settings):
                 note.remember(token, _fresh_until(settings, coord, best))
             return token
         if best is None:
-            raise ReloginRequired(_relogin_message("no valid login in any store"))
+            raise no_login(verdict)
         outcome = coord.run(best)
         cred = outcome.credential
-        if outcome.kind == "relogin-required":
+        if outcome.kind in (Kind.RELOGIN, Kind.LOGGED_OUT, Kind.NONE):
             raise ReloginRequired(_relogin_message(outcome.message))
         if cred is not None and cred.expires_at > coord.clock.now():
             return cred.access_token  # refreshed, adopted, or still valid after a failed try
@@ -151,14 +175,25 @@ def valid_token(settings: Settings, note: Note | None = None) -> str:
                            f"({outcome.message}); credsync will retry")
 
 
-def note_inputs(settings: Settings) -> list[str]:
-    """Every file ``Coordinator.best`` and ``deadline`` read (the keychain aside)."""
-    from agent.refresh import JOURNAL_FILE, REFRESH_FILE
-    from agent.state import LAST_GOOD_FILE
+def no_login(verdict: Verdict) -> Exception:
+    """What ``token`` says when the winner rule names no login."""
+    if verdict.state is LoginState.UNREADABLE:
+        return RefreshError(f"the login cannot be read now ({verdict.reason}); try again")
+    if verdict.state is LoginState.LOGGED_OUT:
+        return ReloginRequired("logged out: the login was removed from every config dir; "
+                               "run `claude` and then /login (or `claude auth login`) to log "
+                               "in again")
+    return ReloginRequired(_relogin_message(verdict.reason))
 
-    state = settings.agent.state_dir
+
+def note_inputs(settings: Settings) -> list[str]:
+    """Every file the winner rule and the deadline read (the keychain aside)."""
+    from agent.ledger import JOURNAL_FILE, LAST_GOOD_FILE, LOGIN_FILE, MEMORY_FILE
+
+    ledger = ledger_of(settings)
     files = [ClaudeFileStore(d).path for d in settings.claude.config_dirs]
-    files += [state / name for name in (LAST_GOOD_FILE, REFRESH_FILE, JOURNAL_FILE)]
+    files += [ledger.file(name) for name in (LAST_GOOD_FILE, LOGIN_FILE, MEMORY_FILE)]
+    files.append(ledger.root / JOURNAL_FILE)
     return [str(f) for f in files]
 
 
@@ -184,17 +219,13 @@ def collect_status(settings: Settings, config_path: Path) -> Status:
     from agent.status import collect, iso
 
     clock = SystemClock()
-    stores = build_stores(settings)
-    try:
-        status = collect(stores, state_dir(settings), str(config_path), clock.now())
-    finally:
-        close_stores(stores)
-    status.extra["refresh"] = refresh_status(settings, status, clock.now())
+    with coordinator(settings, clock) as coord:
+        status = collect(coord.writer, str(config_path), clock.now())
+        status.extra["refresh"] = refresh_status(settings, coord, status, clock.now())
     from agent.alerting import load_active_alert
 
-    alert = load_active_alert(state_dir(settings), settings.notify, clock)
+    alert = load_active_alert(ledger_of(settings), settings.notify, clock)
     if alert is not None:
-        status.login_state = "relogin-required"
         status.extra["alert"] = {"event": alert.event, "title": alert.title,
                                  "since": iso(alert.since),
                                  "config_dirs": list(alert.affected_dirs)}
@@ -204,27 +235,20 @@ def collect_status(settings: Settings, config_path: Path) -> Status:
     return status
 
 
-def refresh_status(settings: Settings, status: Status, now: float) -> dict[str, object]:
-    """The refresh part of ``credsync status``: state, lifetime and the next deadline."""
-    from agent.refresh import RefreshState, Schedule
+def refresh_status(settings: Settings, coord: Coordinator, status: Status,
+                   now: float) -> dict[str, object]:
+    """The refresh part of ``credsync status``: the last problem, lifetime, next deadline."""
     from agent.status import iso
 
-    records = RefreshState(state_dir(settings))
-    auth = records.auth
+    records = coord.records
     best = status.best
-    stale_auth = best is not None and auth.get("fingerprint") not in (None, best.fingerprint)
-    state = "ok" if stale_auth else str(auth.get("state", "ok"))
-    if best is not None and best.expires_at <= now and state == "ok":
-        state = "expired"
-    out: dict[str, object] = {"enabled": settings.refresh.enabled, "state": state}
-    if not stale_auth and auth.get("reason"):
-        out["reason"] = auth.get("reason")
-    schedule = Schedule(settings.refresh, records.salt)
-    lifetime, source = schedule.lifetime(records.lifetime_s)
+    out: dict[str, object] = {"enabled": settings.refresh.enabled}
+    problem = records.problem
+    if best is not None and problem.get("fingerprint") == best.fingerprint:
+        out["state"], out["reason"] = problem.get("state"), problem.get("reason")
+    lifetime, source = coord.schedule.lifetime(records.lifetime_s)
     out.update(lifetime_s=lifetime, lifetime_source=source,
                last_refresh_at=iso(records.refreshed_at))
     if best is not None and settings.refresh.enabled:
-        out["next_refresh_at"] = iso(schedule.deadline(best, lifetime, records.refreshed_at))
-    if state not in ("ok", "expired"):
-        status.login_state = state
+        out["next_refresh_at"] = iso(coord.deadline(best))
     return out

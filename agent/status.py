@@ -3,8 +3,10 @@
 JSON schema (``credsync status --json``), stable for scripts:
     {
       "config_file": str,
-      "agent": {"running": bool, "pid": int | null, "state_dir": str},
-      "login": {"state": "ok" | "expired" | "none" | <auth state>, "fingerprint": str | null,
+      "agent": {"running": bool, "pid": int | null, "state_dir": str,
+                "state": "running" | "stopped" | "not responding" | "not running"},
+      "login": {"state": "ok" | "expired" | "none" | "logged-out" | "relogin-required"
+                         | "unreadable", "fingerprint": str | null,
                 "expires_at": ISO-8601 | null, "lifetime_s": number | null,
                 "lifetime_source": "last refresh" | "nominal"},
       "stores": [{"name": str, "kind": "claude-file" | "keychain" | "sink", "location": str,
@@ -18,15 +20,12 @@ No token ever appears in it: fingerprints only.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from agent.credential import Credential, Reading, ReadState
 from agent.filelock import InstanceLock
-from agent.reconcile import StoreMemory, choose_winner
-from agent.state import Journal, StateDir
-from agent.stores.base import Store
+from agent.reconcile import Reconciler
 
 
 def iso(ts: float | None) -> str | None:
@@ -56,12 +55,14 @@ class Status:
     best: Credential | None
     stores: list[StoreStatus]
     extra: dict[str, Any] = field(default_factory=dict)
+    agent_state: str = "not running"  # running | stopped | not responding | not running
 
     def to_json(self) -> dict[str, Any]:
         best = self.best
         return {
             "config_file": self.config_file,
-            "agent": {"running": self.running, "pid": self.pid, "state_dir": self.state_dir},
+            "agent": {"running": self.running, "pid": self.pid, "state_dir": self.state_dir,
+                      "state": self.agent_state},
             "login": {"state": self.login_state,
                       "fingerprint": best.fingerprint if best else None,
                       "expires_at": iso(best.expires_at) if best else None},
@@ -70,7 +71,7 @@ class Status:
         }
 
 
-def store_state(reading: Reading, best: Credential | None, mem: StoreMemory | None) -> str:
+def store_state(reading: Reading, best: Credential | None, logged_out: bool) -> str:
     state = reading.state
     if state is ReadState.VALID:
         cred = reading.credential
@@ -78,30 +79,28 @@ def store_state(reading: Reading, best: Credential | None, mem: StoreMemory | No
         same = (cred.access_token == best.access_token if not cred.refresh_token
                 else cred.same_tokens(best)) if best else False
         return "in-sync" if same else "stale"
-    if state is ReadState.MISSING and mem is not None and mem.logged_out_since is not None:
+    if logged_out:
         return "logged-out"
     return {ReadState.CLEARED: "cleared", ReadState.LOGGED_OUT: "logged-out",
             ReadState.MISSING: "missing"}.get(state, "error")
 
 
-def collect(stores: Sequence[Store], state: StateDir, config_file: str, now: float) -> Status:
-    readings = {s.name: s.read() for s in stores}
-    saved = state.load_json("agent.json")
-    memory = {str(k): StoreMemory.from_json(v) for k, v in saved.get("stores", {}).items()
-              if isinstance(v, dict)} if isinstance(saved.get("stores"), dict) else {}
-    rejected = {str(x) for x in saved.get("rejected", []) if isinstance(x, str)}
-    candidates = [r.valid for s in stores if s.is_source and (r := readings[s.name]).valid]
-    last_good = state.load_last_good()
-    spent = Journal(state.file("journal")).spent()
-    best = choose_winner([*candidates, *([last_good] if last_good else [])], rejected, spent)
+def collect(writer: Reconciler, config_file: str, now: float) -> Status:
+    """Every store read afresh and judged by the winner rule, as the agent would judge it."""
+    ledger = writer.ledger
+    readings = writer.read_all()
+    verdict = writer.verdict(readings)
+    best = verdict.winner
+    saved = ledger.load_agent()
     # The agent's last failed write to a store (disk full, permission denied), until it succeeds.
     saved_errors = saved.get("write_errors")
     errors: dict[str, Any] = saved_errors if isinstance(saved_errors, dict) else {}
     rows = []
-    for store in stores:
+    for store in writer.stores:
         reading = readings[store.name]
         cred = reading.credential
-        state_, detail = store_state(reading, best, memory.get(store.name)), reading.detail
+        state_ = store_state(reading, best, store.name in verdict.logged_out)
+        detail = reading.detail
         if state_ != "in-sync" and isinstance(errors.get(store.name), str):
             state_, detail = "error", f"write failed: {errors[store.name]}"
         rows.append(StoreStatus(
@@ -109,14 +108,44 @@ def collect(stores: Sequence[Store], state: StateDir, config_file: str, now: flo
             fingerprint=cred.fingerprint if cred and cred.access_token else None,
             expires_at=iso(cred.expires_at) if cred and cred.expires_at_ms > 1 else None,
             detail=detail))
-    pid = InstanceLock(state.path).holder()
-    login_state = "none" if best is None else ("ok" if best.expires_at > now else "expired")
-    return Status(config_file, pid is not None, pid, str(state.path), login_state, best, rows)
+    pid = InstanceLock(ledger.path).holder()
+    status = Status(config_file, pid is not None, pid, str(ledger.path), verdict.state.value,
+                    best, rows)
+    status.agent_state = agent_state(pid, saved, now)
+    if verdict.reason:
+        status.extra["login"] = {"reason": verdict.reason}
+    return status
+
+
+# The agent saves its view every round, and runs a round at least every AUDIT_S: a view much
+# older than that belongs to an agent that is stopped (SIGSTOP, a debugger) or stuck.
+STALE_AFTER_S = 150.0
+
+
+def agent_state(pid: int | None, saved: dict[str, Any], now: float) -> str:
+    if pid is None:
+        return "not running"
+    if pid > 0 and _process_stopped(pid):
+        return "stopped"
+    updated = saved.get("updated_at")
+    if isinstance(updated, (int, float)) and now - float(updated) > STALE_AFTER_S:
+        return "not responding"
+    return "running"
+
+
+def _process_stopped(pid: int) -> bool:
+    """Linux: the process is stopped (state T or t in /proc/PID/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            fields = fh.read().rsplit(")", 1)[-1].split()
+    except OSError:
+        return False
+    return bool(fields) and fields[0] in ("T", "t")
 
 
 def render_text(status: Status) -> str:
-    lines = [f"config:  {status.config_file}",
-             "agent:   " + (f"running (pid {status.pid})" if status.running else "not running")]
+    shown = status.agent_state + (f" (pid {status.pid})" if status.running else "")
+    lines = [f"config:  {status.config_file}", f"agent:   {shown}"]
     best = status.best
     login = (f"{status.login_state}, {best.fingerprint}, expires {iso(best.expires_at)}"
              if best else status.login_state)

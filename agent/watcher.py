@@ -79,6 +79,9 @@ class FileChanged:
     # The writer is done with it: renamed into place (the CLI's atomic replace) or closed after
     # writing. Nothing more of this write is coming, so the agent need not wait out its debounce.
     complete: bool = False
+    # Written in place (created, truncated or modified) and not closed yet: a writer has it
+    # open, and what it holds now may be only the first part of what is coming.
+    writing: bool = False
 
 
 @dataclass(frozen=True)
@@ -117,9 +120,10 @@ class _Handler(FileSystemEventHandler):
                 continue
             path = Path(os.fsdecode(raw))
             if path in self._targets:
-                complete = (isinstance(event, FileClosedEvent) or
+                complete = (isinstance(event, (FileClosedEvent, FileDeletedEvent)) or
                             (isinstance(event, FileMovedEvent) and raw == dest))
-                self._events.put(FileChanged(path, complete))
+                writing = isinstance(event, (FileCreatedEvent, FileModifiedEvent))
+                self._events.put(FileChanged(path, complete, writing))
             if (isinstance(event, (DirCreatedEvent, DirDeletedEvent, DirMovedEvent))
                     and path in self._ancestors):
                 self._events.put(DirsChanged())

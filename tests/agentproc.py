@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from agent.ledger import scope_dir
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -83,7 +85,7 @@ class AgentProcess:
     @staticmethod
     def stats(state_dir: Path) -> dict[str, Any]:
         try:
-            obj: dict[str, Any] = json.loads((state_dir / "agent.json").read_text())
+            obj: dict[str, Any] = json.loads((scope_dir(state_dir) / "agent.json").read_text())
             return obj
         except (OSError, ValueError):
             return {}

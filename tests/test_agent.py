@@ -12,7 +12,7 @@ import pytest
 from agent.agent import GARBAGE_GRACE_S, Agent, Stop
 from agent.clock import FakeClock
 from agent.credential import Credential, ReadState
-from agent.state import StateDir
+from agent.ledger import Ledger
 from agent.stores.base import Store
 from agent.stores.claude_file import ClaudeFileStore
 from agent.stores.keychain import KeychainStore, MemoryKeyring
@@ -35,7 +35,7 @@ class World:
         self.stores: list[Store] = [*self.files, self.keychain, self.sink]
         self.clock = FakeClock(NOW_MS / 1000)
         self.events: queue.Queue[object] = queue.Queue()
-        self.state = StateDir(tmp / "state")
+        self.state = Ledger(tmp / "state")
         self.agent = Agent(self.stores, self.state, self.clock, self.events)
 
     def creds(self) -> list[Credential | None]:

@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,13 +16,14 @@ from pathlib import Path
 import pytest
 
 from agent.credential import Credential, parse_document
-from agent.stores.keychain import OWN_ACCOUNT, OWN_SERVICE
+from agent.ledger import Ledger
+from agent.stores.keychain import OWN_SERVICE, own_account
 from tests.agentproc import AgentProcess, credsync, wait_for, write_config
 from tests.factories import CLEARED, make_cred, read_doc, write_cred, write_doc
 from tests.realkeyring import RealKeyring, real_keyring  # noqa: F401
 
 pytestmark = pytest.mark.integration
-BASE_MS = 1_900_000_000_000
+BASE_MS = (int(time.time()) + 6 * 3600) * 1000  # a real login: expires within a day
 SINK_FORMATS = ["access-token", "env", "json", "claude", "access-token"]
 
 
@@ -45,7 +47,7 @@ class Scene:
         return self.agent
 
     def keychain_cred(self) -> Credential | None:
-        raw = self.keyring.lookup(OWN_SERVICE, OWN_ACCOUNT)
+        raw = self.keyring.lookup(OWN_SERVICE, own_account(self.dirs))
         return parse_document(raw.encode())[0].valid if raw else None
 
     def file_cred(self, d: Path) -> Credential | None:
@@ -156,7 +158,7 @@ WRITER = textwrap.dedent("""
     rng = random.Random(seed)
     for i in range(count):
         d = rng.choice(dirs)
-        exp = base + rng.randrange(1, 10**9)
+        exp = base + rng.randrange(1, 10**7)
         doc = {"claudeAiOauth": {"accessToken": f"at-{seed}-{i}-{exp}",
                                  "refreshToken": f"rt-{seed}-{i}", "expiresAt": exp}}
         tmp = os.path.join(d, f".tmp-{seed}-{i}")
@@ -259,7 +261,8 @@ def test_status_json_with_and_without_the_agent(scene: Scene) -> None:
     write_cred(scene.dirs[0], good)
     out = credsync(["status", "--json", "--config", str(scene.config)], scene.env)
     status = json.loads(out.stdout)
-    assert status["agent"] == {"running": False, "pid": None, "state_dir": str(scene.state)}
+    assert status["agent"] == {"running": False, "pid": None, "state": "not running",
+                               "state_dir": str(Ledger(scene.state, scene.dirs).path)}
     states = {r["name"]: r["state"] for r in status["stores"]}
     assert states[f"file:{scene.dirs[0]}"] == "in-sync"
     assert states[f"file:{scene.dirs[1]}"] == "missing"

@@ -6,6 +6,7 @@ import json
 import queue
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,12 +15,14 @@ from agent.alerting import Alerting, observation
 from agent.alerts import Notice
 from agent.clock import FakeClock
 from agent.config import NotifySection, RefreshSection
-from agent.credential import Reading, ReadState
+from agent.credential import Credential, Reading, ReadState
 from agent.errors import InvalidGrantError
+from agent.ledger import Ledger, StoreMemory, token_hash
+from agent.reconcile import Reconciler
 from agent.refresh import Coordinator, RefreshDriver
 from agent.sim.server import OAuthServer
-from agent.state import StateDir
 from agent.stores.claude_file import ClaudeFileStore
+from agent.winner import Role, Rules, judge
 from tests.agentproc import AgentProcess, wait_for, write_config
 from tests.factories import CLEARED, make_cred, write_cred, write_doc
 from tests.realdesktop import RealDesktop, real_desktop_fixture  # noqa: F401
@@ -43,20 +46,32 @@ class RecordingNotifier:
 def test_observation_rules() -> None:
     good = make_cred(int((START + 3600) * 1000))
     dirs = {"file:a": "/a", "file:b": "/b"}
-    ok = observation(good, {}, dirs, [], {"state": "ok"}, None, START)
+    roles = {"file:a": Role.HOLDER, "file:b": Role.HOLDER}
+    valid = {n: Reading(ReadState.VALID, good) for n in dirs}
+    refused = Rules(START, rejected=frozenset({token_hash(good.refresh_token)}))
+
+    def seen(readings: dict[str, Reading], last_good: Credential | None = None,
+             rules: Rules | None = None, memory: dict[str, StoreMemory] | None = None) -> Any:
+        verdict = judge(readings, roles, memory or {}, last_good, rules or Rules(START))
+        return observation(verdict, dirs, START)
+
+    ok = seen(valid)
     assert not ok.relogin_required and ok.valid_login_fingerprint == good.fingerprint
-    refused = observation(good, {}, dirs, [], {"state": "relogin-required",
-                                               "fingerprint": good.fingerprint}, None, START)
-    assert refused.relogin_required
-    cleared = {"file:a": Reading(ReadState.CLEARED), "file:b": Reading(ReadState.CLEARED)}
-    gone = observation(None, cleared, dirs, [], {}, good, START)
+    obs = seen(valid, rules=refused)
+    assert obs.relogin_required and obs.login_fingerprint == good.fingerprint
+    cleared = {n: Reading(ReadState.CLEARED, Credential.build("", "", 0)) for n in dirs}
+    # cleared everywhere with a good copy left: the guardian restores it, no alarm
+    assert not seen(cleared, good).relogin_required
+    gone = seen(cleared, good, refused)
     assert gone.relogin_required and gone.login_fingerprint == good.fingerprint
     assert list(gone.affected_dirs) == ["/a", "/b"]
-    # a deliberate logout everywhere is not an alarm
-    assert not observation(None, {}, dirs, ["file:a", "file:b"], {}, good, START).relogin_required
+    # a deliberate logout everywhere is not an alarm, whatever the copies hold
+    out = {n: Reading(ReadState.LOGGED_OUT) for n in dirs}
+    assert not seen(out, good).relogin_required
+    # a refresh token past its stated expiry is tried first: the server decides
     expired_rt = make_cred(int((START + 3600) * 1000),
                            refreshTokenExpiresAt=int((START - 1) * 1000))
-    assert observation(expired_rt, {}, dirs, [], {}, None, START).relogin_required
+    assert not seen({n: Reading(ReadState.VALID, expired_rt) for n in dirs}).relogin_required
 
 
 def test_a_flood_of_failures_gives_one_notice_and_recovery_one_restore(tmp_path: Path) -> None:
@@ -65,9 +80,10 @@ def test_a_flood_of_failures_gives_one_notice_and_recovery_one_restore(tmp_path:
     for d in dirs:
         d.mkdir()
     stores = [ClaudeFileStore(d) for d in dirs]
-    state = StateDir(tmp_path / "state")
+    state = Ledger(tmp_path / "state")
     refresher = ScriptedRefresher(clock)
-    coord = Coordinator(RefreshSection(jitter=0), stores, dirs, state, refresher, clock,
+    coord = Coordinator(RefreshSection(jitter=0), Reconciler(stores, state, clock), dirs,
+                        refresher, clock,
                         lock_wait_s=1, cli_lock_wait_s=0.5)
     notifier = RecordingNotifier()
     alerting = Alerting(NotifySection(), notifier, state, clock)

@@ -17,7 +17,7 @@ from agent.credential import Credential, ReadState
 from agent.errors import StoreError
 from agent.stores.claude_file import SETTLE_S, ClaudeFileStore
 
-BASE_MS = 1_900_000_000_000
+BASE_MS = (int(time.time()) + 6 * 3600) * 1000  # a real login: expires within a day
 
 
 def cred(n: int) -> Credential:

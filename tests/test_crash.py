@@ -39,9 +39,9 @@ import pytest
 from agent import lockowner
 from agent.credential import Credential, fingerprint_of
 from agent.filelock import FileLock
+from agent.ledger import Journal, Ledger
 from agent.sim.server import OAuthServer
 from agent.sim.session import SimSession
-from agent.state import Journal, StateDir
 from agent.stores.claude_file import ClaudeFileStore
 from agent.stores.sink import SinkStore
 from tests.agentproc import REPO, AgentProcess, wait_for, write_config
@@ -152,7 +152,7 @@ class CrashWorld:
         for sink in self.sinks:
             reading = sink.read()
             assert reading.state.value in ("valid", "missing"), f"{sink.name}: {reading.detail}"
-        last_good = StateDir(self.state).load_last_good()
+        last_good = Ledger(self.state).load_last_good()
         if (self.state / "last-good.json").exists():
             assert last_good is not None, "last-good.json does not parse"
             creds.append(last_good)
@@ -189,7 +189,7 @@ class CrashWorld:
         """The stores in step and the login accounted for; None while not (yet) so."""
         spent = self.spent()  # read first: a token unspent now was the family's newest then
         creds = [s.read().valid for s in self.files]
-        last_good = StateDir(self.state).load_last_good()
+        last_good = Ledger(self.state).load_last_good()
         first = creds[0]
         if first is None or not all(first.same_tokens(c) for c in [*creds[1:], last_good]):
             return None
@@ -197,7 +197,7 @@ class CrashWorld:
                    if s.path.exists()) or not all(s.path.exists() for s in self.sinks):
             return None
         fp = fingerprint_of(first.refresh_token)
-        if spent[fp] == 0 and first.refresh_token not in Journal(self.state / "journal"):
+        if spent[fp] == 0 and not Journal(self.state / "journal").was_sent(first.refresh_token):
             return first, "kept"
         auth = self.auth()
         if auth.get("state") == "relogin-required" and auth.get("fingerprint") == first.fingerprint:
@@ -241,7 +241,8 @@ class CrashWorld:
     def relogin_required(self, cred: Credential, outcome: str) -> None:
         fp = fingerprint_of(cred.refresh_token)
         journal = Journal(self.state / "journal")
-        assert cred.refresh_token in journal, "relogin-required, but the token was never sent"
+        assert journal.was_sent(cred.refresh_token), \
+            "relogin-required, but the token was never sent"
         # The user-facing command says so too, and sends nothing.
         before = self.presented(fp)
         out = subprocess.run([sys.executable, "-m", "agent.cli", "refresh", "--config",
@@ -253,7 +254,7 @@ class CrashWorld:
         fresh = self.files[0].read().valid
         assert fresh is not None
         wait_for(lambda: all(s.read().valid == fresh for s in self.files[1:])
-                 and StateDir(self.state).load_last_good() == fresh, SETTLE_S,
+                 and Ledger(self.state).load_last_good() == fresh, SETTLE_S,
                  "the new login everywhere")
 
     # ----- one cycle ---------------------------------------------------------------------

@@ -16,7 +16,7 @@ from watchdog.events import FileClosedEvent, FileModifiedEvent, FileMovedEvent
 from agent.agent import Agent
 from agent.clock import FakeClock
 from agent.fastpath import token_args
-from agent.state import StateDir
+from agent.ledger import Ledger
 from agent.stores.claude_file import ClaudeFileStore
 from agent.watcher import FileChanged, Watcher, _Handler
 from tests.agentproc import REPO, write_config
@@ -99,7 +99,7 @@ def _agent(tmp_path: Path) -> tuple[Agent, ClaudeFileStore, ClaudeFileStore]:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     a, b = ClaudeFileStore(tmp_path / "a"), ClaudeFileStore(tmp_path / "b")
-    agent = Agent([a, b], StateDir(tmp_path / "state"), FakeClock(NOW_MS / 1000), queue.Queue())
+    agent = Agent([a, b], Ledger(tmp_path / "state"), FakeClock(NOW_MS / 1000), queue.Queue())
     return agent, a, b
 
 

@@ -33,12 +33,13 @@ from agent.clock import FakeClock
 from agent.config import RefreshSection
 from agent.credential import Credential, fingerprint_of, parse_document
 from agent.errors import LockError
+from agent.ledger import Ledger
 from agent.mkdirlock import STORAGE_WRITE_STALE_S, MkdirLock
+from agent.reconcile import Reconciler
 from agent.refresh import Coordinator, RefreshDriver
 from agent.refresher import Backoff, HttpRefresher
 from agent.sim.server import OAuthServer
 from agent.sim.session import SimSession
-from agent.state import Journal, StateDir
 from agent.stores.claude_file import ClaudeFileStore
 from agent.stores.sink import SinkStore
 from agent.watcher import FileChanged
@@ -47,7 +48,7 @@ from tests.factories import make_cred, write_cred
 from tests.realkeyring import RealKeyring, real_keyring  # noqa: F401
 
 pytestmark = pytest.mark.integration
-BASE_MS = 1_900_000_000_000
+BASE_MS = (int(time.time()) + 6 * 3600) * 1000  # a real login: expires within a day
 
 
 # ===== a real agent process over real files ===============================================
@@ -386,12 +387,12 @@ def test_permission_denied_on_one_sink(tmp_path: Path) -> None:
 
 def test_keychain_gone_and_locked_then_back(tmp_path: Path,
                                             real_keyring: RealKeyring) -> None:  # noqa: F811
-    from agent.stores.keychain import OWN_ACCOUNT, OWN_SERVICE
+    from agent.stores.keychain import OWN_SERVICE, own_account
 
     scene = make_scene(tmp_path, keychain=True, env=real_keyring.env)
 
     def keychain() -> Credential | None:
-        raw = real_keyring.lookup(OWN_SERVICE, OWN_ACCOUNT)
+        raw = real_keyring.lookup(OWN_SERVICE, own_account(scene.dirs))
         return parse_document(raw.encode())[0].valid if raw else None
 
     first = make_cred(BASE_MS)
@@ -440,7 +441,7 @@ class Loop:
             d.mkdir(parents=True, exist_ok=True)
         self.sink = SinkStore(root / "sinks" / "token", "access-token")
         self.files = [ClaudeFileStore(d) for d in self.dirs]
-        self.state = StateDir(root / "state")
+        self.state = Ledger(root / "state")
         self.section = RefreshSection(token_url=server.url, jitter=0, at_fraction=0.5,
                                       client_window_s=0, margin_s=0,
                                       nominal_lifetime_s=lifetime_s, timeout_s=timeout_s)
@@ -450,8 +451,9 @@ class Loop:
         self.auth_states: list[str] = []
 
     def build(self) -> Agent:
-        coord = Coordinator(self.section, [*self.files, self.sink], self.dirs, self.state,
-                            self.refresher, self.clock, lock_wait_s=1, cli_lock_wait_s=0.5)
+        writer = Reconciler([*self.files, self.sink], self.state, self.clock)
+        coord = Coordinator(self.section, writer, self.dirs, self.refresher, self.clock,
+                            lock_wait_s=1, cli_lock_wait_s=0.5)
         # Full-ceiling backoff (1, 2, 4 ... 60 s): the delays are exact.
         driver = RefreshDriver(coord, Backoff(min_s=1, max_s=60, rand=lambda: 1.0),
                                random.Random(7))
@@ -465,6 +467,11 @@ class Loop:
         assert self.agent.refresh is not None
         return self.agent.refresh.coordinator.records
 
+    @property
+    def auth_state(self) -> str:
+        assert self.agent.refresh is not None
+        return self.agent.refresh.coordinator.refresh_state()
+
     def login(self) -> Credential:
         oauth = self.server.issue_login()
         cred = Credential(oauth)
@@ -474,7 +481,7 @@ class Loop:
 
     def step(self) -> None:
         self.agent.step(timeout=0)
-        self.auth_states.append(str(self.records.auth.get("state")))
+        self.auth_states.append(self.auth_state)
 
     def advance(self, seconds: float) -> None:
         """Let ``seconds`` pass, stopping at every deadline the agent sets on the way."""
@@ -572,7 +579,7 @@ def test_transient_failures_back_off_quietly_then_say_offline(loop: Loop, fault:
     loop.advance(999)  # from the deadline (500 s) to just before the expiry
     attempts = [r for r in loop.server.log()] if fault != "down" else []
     assert "relogin-required" not in loop.auth_states  # no alarm while the token works
-    assert loop.records.auth["state"] == "retrying"
+    assert loop.auth_state == "retrying"
     if fault != "down":
         times = [r.time for r in attempts]
         gaps = [b - a for a, b in itertools.pairwise(times)]
@@ -581,7 +588,7 @@ def test_transient_failures_back_off_quietly_then_say_offline(loop: Loop, fault:
         if fault == "429":
             assert min(gaps) >= 7  # Retry-After honoured
     loop.advance(61)  # expired now
-    assert loop.records.auth["state"] == "offline"
+    assert loop.auth_state == "offline"
     assert loop.creds()[0] == cred  # nothing was cleared or replaced
     if fault == "down":
         loop.server.start()
@@ -589,7 +596,7 @@ def test_transient_failures_back_off_quietly_then_say_offline(loop: Loop, fault:
         loop.server.clear_faults()
     loop.advance(61)
     assert loop.requests(cred)[-1] == "rotated"
-    assert loop.records.auth["state"] == "ok"
+    assert loop.auth_state == "ok"
     new = loop.creds()[0]
     assert new is not None and new != cred and loop.in_step(new)
     assert loop.server.stats().invalid_grants == 0
@@ -604,13 +611,13 @@ def test_slow_answer_within_the_timeout_is_waited_for(tmp_path: Path, server: OA
         loop.advance(501)
         new = loop.creds()[0]
         assert loop.requests(cred) == ["rotated"] and new is not None and new != cred
-        assert loop.in_step(new) and loop.records.auth["state"] == "ok"
+        assert loop.in_step(new) and loop.auth_state == "ok"
     finally:
         loop.close()
 
 
 def assert_relogin_and_never_resent(loop: Loop, cred: Credential) -> None:
-    assert loop.records.auth["state"] == "relogin-required"
+    assert loop.auth_state == "relogin-required"
     assert loop.creds()[0] == cred  # nothing cleared: the sessions keep what they have
     sent = len(loop.requests(cred))
     loop.advance(3600)
@@ -642,7 +649,7 @@ def test_unreadable_answer_is_treated_as_lost_and_a_cli_refresh_recovers(
     loop.advance(501)
     # The server did not rotate, but credsync cannot know that: it never risks a reuse.
     assert loop.requests(cred) == ["garbage" if fault == "garbage" else "dropped"]
-    assert loop.records.auth["state"] == "relogin-required"
+    assert loop.auth_state == "relogin-required"
     # A CLI session, which keeps no journal, refreshes the same token and succeeds:
     session = SimSession(loop.dirs[1], loop.server.url, window_s=1e9)
     assert session.step(loop.clock.now()).value == "refreshed"
@@ -651,7 +658,7 @@ def test_unreadable_answer_is_treated_as_lost_and_a_cli_refresh_recovers(
     new = loop.creds()[1]
     assert new is not None and loop.in_step(new)  # adopted: everyone has the new login
     loop.advance(600)  # and credsync refreshes it when due, as usual
-    assert loop.requests(new) == ["rotated"] and loop.records.auth["state"] == "ok"
+    assert loop.requests(new) == ["rotated"] and loop.auth_state == "ok"
     assert loop.server.stats().invalid_grants == 0
 
 
@@ -662,7 +669,7 @@ def test_full_state_dir_never_costs_a_refreshed_token(tmp_path: Path, server: OA
         try:
             cred = loop.login()
             loop.agent.save()  # the state files exist, then the disk fills up
-            Journal(loop.state.file("journal")).release("-")  # its page is taken: appends fit
+            loop.state.journal.release("-", 0.0)  # its page is taken: appends fit
             fill(loop.state.path)
             loop.advance(501)
             # Refreshed, and the new login reached the stores, whatever the state dir refused.

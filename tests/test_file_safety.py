@@ -16,6 +16,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from agent.stores.sink import SinkStore
 from tests.agentproc import REPO, AgentProcess, credsync, wait_for, write_config
 from tests.factories import make_cred, write_cred, write_doc
 
-BASE_MS = 1_900_000_000_000
+BASE_MS = (int(time.time()) + 6 * 3600) * 1000  # a real login: expires within a day
 OTHER_UID = 65534  # nobody
 
 

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -48,8 +49,8 @@ from agent.credential import (
     reading_from_document,
 )
 from agent.errors import ConfigError, StoreError
+from agent.ledger import Ledger
 from agent.sim.server import OAuthServer
-from agent.state import StateDir
 from agent.status import collect, iso, render_text
 from agent.stores.base import Store
 from agent.stores.claude_file import ClaudeFileStore
@@ -64,7 +65,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-BASE_MS = 1_900_000_000_000
+BASE_MS = (int(time.time()) + 6 * 3600) * 1000  # a real login: expires within a day
 FORMATS = ("claude", "access-token", "env", "json")
 KEYRING_APPID = "Python keyring library"  # keyring's SecretService backend adds this attribute
 # Fast examples: hypothesis runs each property in well under a second per hundred.
@@ -354,13 +355,13 @@ def test_the_agent_survives_any_stores_and_state(files: list[bytes], item: str |
         stores: list[Store] = [*(ClaudeFileStore(d, sleep=lambda _: None) for d in dirs),
                                keychain, *sink_stores]
         clock = FakeClock(BASE_MS / 1000 - 3600)
-        agent = Agent(stores, StateDir(root / "state"), clock, queue.Queue())
+        agent = Agent(stores, Ledger(root / "state"), clock, queue.Queue())
         try:
             agent.load()
             agent.reconcile()
             clock.advance(GARBAGE_GRACE_S + 0.1)
             report = agent.reconcile()  # garbage now settled: repaired, if there is a login
-            status = collect(stores, StateDir(root / "state"), "c.toml", clock.now())
+            status = collect(stores, Ledger(root / "state"), "c.toml", clock.now())
             json.dumps(status.to_json())
             render_text(status)
         finally:

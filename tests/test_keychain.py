@@ -42,7 +42,7 @@ from tests.realkeyring import (  # noqa: F401
     real_keyring_fixture,
 )
 
-BASE_MS = 1_900_000_000_000
+BASE_MS = (int(time.time()) + 6 * 3600) * 1000  # a real login: expires within a day
 FAST_S = 2.0  # a failure must come at once, not after a hang
 
 

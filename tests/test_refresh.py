@@ -12,9 +12,10 @@ from agent.clock import FakeClock
 from agent.config import RefreshSection
 from agent.credential import Credential
 from agent.errors import InvalidGrantError, TransientRefreshError
+from agent.ledger import Ledger
 from agent.mkdirlock import OAUTH_REFRESH_STALE_S, oauth_refresh_lock
+from agent.reconcile import Reconciler
 from agent.refresh import Coordinator, RefreshDriver, Schedule
-from agent.state import StateDir
 from agent.stores.claude_file import ClaudeFileStore
 from tests.factories import make_cred, write_cred
 
@@ -60,7 +61,8 @@ def setup(tmp_path: Path) -> tuple[Coordinator, ScriptedRefresher, FakeClock, li
     stores = [ClaudeFileStore(d) for d in dirs]
     refresher = ScriptedRefresher(clock)
     section = RefreshSection(jitter=0)
-    coord = Coordinator(section, stores, dirs, StateDir(tmp_path / "state"), refresher, clock,
+    coord = Coordinator(section, Reconciler(stores, Ledger(tmp_path / "state"), clock), dirs,
+                        refresher, clock,
                         lock_wait_s=1, cli_lock_wait_s=0.5)
     return coord, refresher, clock, dirs
 
@@ -104,7 +106,7 @@ def test_refresh_when_due_writes_every_store_and_persists_first(setup) -> None: 
     assert out.kind == "refreshed" and out.credential is not None
     assert refresher.sent == [cred.refresh_token]
     assert all(ClaudeFileStore(d).read().valid == out.credential for d in dirs)
-    assert coord.state.load_last_good() == out.credential
+    assert coord.ledger.load_last_good() == out.credential
     assert coord.records.lifetime_s == 8 * HOUR
     assert not any(d.joinpath(".oauth_refresh.lock").exists() for d in dirs)
 
@@ -130,8 +132,9 @@ def test_never_sends_the_same_refresh_token_twice(setup) -> None:  # type: ignor
     out = coord.run(cred, force=True)
     assert refresher.sent == [cred.refresh_token]
     # a restart does not forget it either
-    again = Coordinator(coord.section, coord.stores, dirs, coord.state, refresher, clock)
-    assert cred.refresh_token in again.journal
+    again = Coordinator(coord.section, Reconciler(coord.stores, coord.ledger, clock), dirs,
+                        refresher, clock)
+    assert again.journal.was_sent(cred.refresh_token)
 
 
 def test_transient_failure_keeps_the_token_usable(setup) -> None:  # type: ignore[no-untyped-def]
@@ -141,7 +144,7 @@ def test_transient_failure_keeps_the_token_usable(setup) -> None:  # type: ignor
     refresher.script = [TransientRefreshError("503", retry_after_s=7)]
     out = coord.run(cred, force=True)
     assert out.kind == "transient" and out.retry_after_s == 7
-    assert coord.records.auth["state"] == "retrying"
+    assert coord.refresh_state() == "retrying"
     assert coord.run(cred, force=True).kind == "refreshed"
     assert refresher.sent == [cred.refresh_token, cred.refresh_token]
 
@@ -153,7 +156,7 @@ def test_invalid_grant_rereads_then_requires_relogin(setup) -> None:  # type: ig
     refresher.script = [InvalidGrantError("invalid_grant")]
     out = coord.run(cred, force=True)
     assert out.kind == "relogin-required"
-    assert coord.records.auth["state"] == "relogin-required"
+    assert coord.refresh_state() == "relogin-required"
     # nothing is cleared or deleted
     assert ClaudeFileStore(dirs[0]).read().valid == cred
 
@@ -223,7 +226,7 @@ def test_a_refresh_answer_with_a_shorter_life_still_replaces_the_spent_login(
     assert all(ClaudeFileStore(d).read().valid == new for d in dirs)
     # a store still holding the spent login (written by a slow process) is brought forward too
     write_cred(dirs[1], old)
-    agent = Agent(coord.stores, coord.state, clock, queue.Queue(),
+    agent = Agent(coord.stores, coord.ledger, clock, queue.Queue(),
                   refresh=RefreshDriver(coord, Backoff()))
     report = agent.reconcile()
     assert report.winner == new

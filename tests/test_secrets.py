@@ -35,7 +35,7 @@ from agent.credential import Credential, fingerprint_of, parse_document
 from agent.errors import CredsyncError, StoreError
 from agent.refresher import HttpRefresher
 from agent.sim.server import OAuthServer
-from agent.stores.keychain import OWN_ACCOUNT, OWN_SERVICE
+from agent.stores.keychain import OWN_SERVICE, own_account
 from agent.stores.sink import SinkStore
 from tests.agentproc import REPO, AgentProcess, credsync, wait_for, write_config
 from tests.factories import CLEARED, write_doc
@@ -105,7 +105,7 @@ class World:
             return None
 
     def keychain_cred(self) -> Credential | None:
-        raw = self.keyring.lookup(OWN_SERVICE, OWN_ACCOUNT)
+        raw = self.keyring.lookup(OWN_SERVICE, own_account(self.dirs))
         return parse_document(raw.encode())[0].valid if raw else None
 
     def everywhere(self, cred: Credential) -> bool:

@@ -18,8 +18,8 @@ from platformdirs.unix import Unix
 from agent import tokennote
 from agent.config import config_path, load_settings
 from agent.credential import Credential
+from agent.ledger import Ledger
 from agent.runtime import note_allowed, valid_token
-from agent.state import StateDir
 from agent.tokennote import Note, lookup, note_file, resolve_config
 from tests.agentproc import write_config
 from tests.factories import make_cred, write_cred
@@ -202,7 +202,7 @@ def test_a_token_held_only_in_the_last_good_copy_is_answered_from_there(tmp_path
                                                                        cache: Path) -> None:
     path = setup(tmp_path)
     newer = fresh(hours=7.5)  # the guardian's copy, fresher than both files
-    StateDir(tmp_path / "state").save_last_good(newer)
+    Ledger(tmp_path / "state").save_last_good(newer)
     assert full_token(path) == newer.access_token
     assert json.loads(cache.read_text())["winner"][0].endswith("last-good.json")
     assert lookup(str(path)) == newer.access_token

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from agent.ledger import scope_dir
 from agent.sim.bus import BUS_CONFIG, name_has_owner
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the directory holding ``agent``
@@ -183,7 +184,7 @@ class AgentRun:
 
     def stats(self) -> dict[str, Any]:
         try:
-            obj: dict[str, Any] = json.loads((self.state_dir / "agent.json").read_text())
+            obj: dict[str, Any] = json.loads((scope_dir(self.state_dir) / "agent.json").read_text())
             return obj
         except (OSError, ValueError):
             return {}

@@ -32,7 +32,13 @@ from typing import Any
 from agent.bench import kit
 from agent.credential import Credential, merged_document, parse_document
 from agent.fsutil import atomic_write
-from agent.stores.keychain import OWN_ACCOUNT, OWN_SERVICE, KeychainBackend, system_backend
+from agent.stores.keychain import (
+    OWN_ACCOUNT,
+    OWN_SERVICE,
+    KeychainBackend,
+    own_account,
+    system_backend,
+)
 from agent.stores.sink import SinkStore
 
 BENCH = "propagation"
@@ -127,7 +133,7 @@ class World:
         late += [s.name for s in self.sinks if not self.has_token(s.path, token)]
         if keychain is None:
             return late
-        raw = keychain.get_password(OWN_SERVICE, OWN_ACCOUNT)
+        raw = keychain.get_password(OWN_SERVICE, own_account(self.dirs))
         if raw is None or parse_document(raw.encode())[0].valid != cred:
             late.append("keychain")
         return late

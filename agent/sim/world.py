@@ -33,6 +33,7 @@ from typing import Any
 
 from agent.clock import Clock, SystemClock
 from agent.fsutil import atomic_write
+from agent.ledger import scope_dir
 from agent.sim.server import OAuthServer, RequestRecord
 from agent.sim.session import CREDENTIALS_FILE, SimSession
 
@@ -197,7 +198,8 @@ class AgentRun:
 
     def rounds(self) -> int:
         try:
-            value = json.loads((self.state_dir / "agent.json").read_text()).get("rounds", 0)
+            path = scope_dir(self.state_dir) / "agent.json"
+            value = json.loads(path.read_text()).get("rounds", 0)
         except (OSError, ValueError, AttributeError):
             return 0
         return value if isinstance(value, int) else 0

@@ -2,30 +2,50 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from agent.credential import Credential, Reading
 
+Signature = tuple[int, int, int]
 
-class Store(Protocol):
+
+class Role(str, enum.Enum):
+    """What a store is for, which decides how the winner rule treats it (``agent.winner``)."""
+
+    HOLDER = "holder"  # the CLI's own store: a login is born and ended here
+    COPY = "copy"  # credsync's own copy of the login: may win, never resurrects one
+    OUTPUT = "output"  # a sink: what sessions read; never a source, never judged
+
+
+class Store:
+    """Base of every store. Subclasses set the class attributes and implement read/write."""
+
     name: str  # unique, stable, shown in status: "file:/home/u/.claude", "keychain", "sink:..."
     kind: str  # "claude-file", "keychain" or "sink"
     location: str  # path or keychain item, for status
-    is_source: bool  # may its credential win the freshness contest?
+    role: Role
+    # The config dir whose login this store holds (the CLI's files), else None.
+    config_dir: Path | None = None
+    # The stat signature of the file this store last put in place (agent.fsutil.atomic_write):
+    # it tells the agent's own writes from anyone else's. None for stores that are not files.
+    written: Signature | None = None
+
+    @property
+    def is_source(self) -> bool:
+        """May its credential win the freshness contest?"""
+        return self.role is not Role.OUTPUT
 
     @property
     def watch_path(self) -> Path | None:
         """The file whose changes must be noticed, or None (keychains are polled)."""
-        ...
+        return None
 
     def read(self) -> Reading:
         """What the store holds now. Raises nothing for a damaged store: the reading says so."""
-        ...
-
-    # File stores also set ``written``: the stat signature of the file they last put in place
-    # (agent.fsutil.atomic_write), which tells the agent's own writes from anyone else's.
+        raise NotImplementedError
 
     def write(self, cred: Credential, supersedes: Credential | None = None) -> bool:
         """Make the store hold ``cred``; False when it already did (nothing written), or when
@@ -33,7 +53,14 @@ class Store(Protocol):
 
         Raises StoreError when it cannot, and for a blank credential (never written anywhere).
         """
-        ...
+        raise NotImplementedError
+
+    def release_orphaned_locks(self) -> list[Path]:
+        """Free locks left by a credsync process that died holding them; the paths freed."""
+        return []
+
+    def close(self) -> None:
+        """Release what the store keeps open (a worker thread, a connection)."""
 
 
 @runtime_checkable

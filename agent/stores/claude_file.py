@@ -19,6 +19,7 @@ from agent.credential import (
 from agent.errors import LockError, StoreError
 from agent.fsutil import Signature, atomic_write, read_bytes, write_target
 from agent.mkdirlock import release_orphans, storage_write_lock
+from agent.stores.base import Role, Store
 
 FILE_NAME = ".credentials.json"
 # Another process may be half-way through an in-place write: re-read for this long while the
@@ -36,9 +37,10 @@ def require_writable(cred: Credential) -> None:
         raise StoreError("refusing to write a blank credential")
 
 
-class ClaudeFileStore:
+class ClaudeFileStore(Store):
     kind = "claude-file"
-    is_source = True
+    role = Role.HOLDER
+    config_dir: Path
 
     def __init__(
         self,
@@ -52,7 +54,6 @@ class ClaudeFileStore:
         self.name = f"file:{config_dir}"
         self.location = str(self.path)
         self._sleep = sleep
-        # The stat signature of the file this store last put in place (see Store.written).
         self.written: Signature | None = None
 
     @property

@@ -41,6 +41,8 @@ from keyring.backends.chainer import ChainerBackend
 
 from agent.credential import Credential, Reading, ReadState, merged_document, parse_document
 from agent.errors import KeychainUnavailable, StoreError
+from agent.ledger import scope_key
+from agent.stores.base import Role, Store
 
 __all__ = [
     "ALLOWED_BACKENDS",
@@ -326,12 +328,13 @@ class Pending(Generic[T]):
 
 # --- the store -------------------------------------------------------------------------------
 
-class KeychainStore:
+class KeychainStore(Store):
     """A keychain item as a store. Reads and writes can be started and finished later
-    (``start_read``, ``start_write``): the agent overlaps them with its file writes."""
+    (``start_read``, ``start_write``): the agent overlaps them with its file writes.
+
+    Claude Code's own items (macOS) hold the login; credsync's own item is a copy of it."""
 
     kind = "keychain"
-    is_source = True
 
     def __init__(
         self,
@@ -347,11 +350,8 @@ class KeychainStore:
         self.account = account
         self.name = name
         self.location = f"service={service} account={account}"
+        self.role = Role.HOLDER if service.startswith(MACOS_SERVICE) else Role.COPY
         self._calls = calls if calls is not None else KeychainCalls()
-
-    @property
-    def watch_path(self) -> Path | None:
-        return None  # a keychain has no file to watch: the agent polls it
 
     def _get(self) -> str | None:
         return self.backend.get_password(self.service, self.account)
@@ -440,7 +440,7 @@ def keychain_stores(
     env = os.environ if env is None else env
     calls = calls if calls is not None else KeychainCalls()
     if platform != "darwin":
-        return [KeychainStore(backend, calls=calls)]
+        return [KeychainStore(backend, account=own_account(config_dirs, home), calls=calls)]
     home = Path.home() if home is None else home
     account = keychain_account(env)
     stores: list[KeychainStore] = []
@@ -450,6 +450,15 @@ def keychain_stores(
             stores.append(KeychainStore(backend, service, account, name=f"keychain:{service}",
                                         calls=calls))
     return stores
+
+
+def own_account(config_dirs: Sequence[Path], home: Path | None = None) -> str:
+    """credsync's own item's account: one item per set of config dirs, so that two logins
+    never share a copy; the default ``~/.claude`` keeps the plain name."""
+    default = (Path.home() if home is None else home) / ".claude"
+    if [Path(d) for d in config_dirs] == [default]:
+        return OWN_ACCOUNT
+    return f"{OWN_ACCOUNT}/{scope_key(config_dirs)}"
 
 
 # --- fakes for tests -------------------------------------------------------------------------

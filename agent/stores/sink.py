@@ -34,14 +34,15 @@ from agent.fsutil import (
     unsafe_write_reason,
     write_target,
 )
+from agent.stores.base import Role, Store
 from agent.stores.claude_file import require_writable
 
 BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 s.2.1 b64token
 
 
-class SinkStore:
+class SinkStore(Store):
     kind = "sink"
-    is_source = False  # sinks are outputs: what a session reads, never a source of truth
+    role = Role.OUTPUT  # what a session reads: never a source of truth, never judged
 
     def __init__(self, path: Path, format: str, env_var: str = "CLAUDE_CODE_OAUTH_TOKEN") -> None:
         self.path = path
@@ -49,7 +50,6 @@ class SinkStore:
         self.env_var = env_var
         self.name = f"sink:{path}"
         self.location = f"{path} ({format})"
-        # The stat signature of the file this store last put in place (see Store.written).
         self.written: Signature | None = None
 
     @property
