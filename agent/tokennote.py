@@ -49,7 +49,7 @@ ENV_NAMES = ("APPDATA", "CLAUDE_CONFIG_DIR", "CLAUDE_SECURESTORAGE_CONFIG_DIR", 
 ENV_PREFIXES = ("XDG_", "CREDSYNC_")
 # The modules whose code decides the answer: an upgrade invalidates every note.
 CODE = ("tokennote.py", "config.py", "paths.py", "runtime.py", "refresh.py", "reconcile.py",
-        "credential.py", "state.py", "build.py", "stores/claude_file.py")
+        "credential.py", "jsondoc.py", "state.py", "build.py", "stores/claude_file.py")
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 Input = list[object]  # [path, size, crc32], or [path, None, None] for a file that is not there
