@@ -305,3 +305,12 @@ def test_a_webhook_with_userinfo_is_allowed() -> None:
 ])
 def test_safe_url_drops_userinfo_query_and_fragment(url: str, shown: str) -> None:
     assert safe_url(url) == shown
+
+
+def test_the_example_config_loads_and_documents_every_refresh_key() -> None:
+    example = Path(__file__).resolve().parents[1] / "config.example.toml"
+    with clean_env():
+        settings, _ = load_settings(example)
+    assert settings.refresh.max_lifetime_s == 86400
+    text = example.read_text()
+    assert all(f"{key} =" in text for key in RefreshSection.model_fields)
