@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import NoReturn
 
@@ -47,8 +48,18 @@ def current_platform() -> Platform:
                        "your session's startup scripts instead")
 
 
+def carried_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The variables that choose the CLI's config dir, as the login item must set them: its
+    agent starts without this shell's environment, and would otherwise watch ~/.claude. A
+    relative value is made absolute here (the agent starts in another directory)."""
+    env = os.environ if env is None else env
+    return {name: os.path.abspath(os.path.expanduser(env[name])) if env[name] else ""
+            for name in paths.CLAUDE_DIR_VARS if name in env}
+
+
 def build_installer(log_file: Path | None, config: Path | None = None,
-                    runner: Runner | None = None) -> Installer:
+                    runner: Runner | None = None,
+                    environment: Mapping[str, str] | None = None) -> Installer:
     """The installer for this machine, running this installation's interpreter."""
     platform = current_platform()
     config_home = os.environ.get("XDG_CONFIG_HOME", "")
@@ -57,7 +68,8 @@ def build_installer(log_file: Path | None, config: Path | None = None,
         runner or subprocess_runner, Path.home(), platform,
         default_program(sys.executable, platform), Path(os.path.abspath(log_dir)),
         config_path=Path(os.path.abspath(config)) if config else None,
-        config_home=Path(config_home) if os.path.isabs(config_home) else None)
+        config_home=Path(config_home) if os.path.isabs(config_home) else None,
+        environment=environment)
 
 
 def login_item_status(settings: Settings | None = None,
@@ -92,13 +104,17 @@ def install_cmd(dry_run: bool, config: Path | None) -> None:
         # The login item does not see this shell's CREDSYNC_CONFIG: pin a chosen file by path.
         chosen = explicit or os.environ.get("CREDSYNC_CONFIG")
         pinned = found if chosen and found.is_file() else None
-        installer = build_installer(settings.agent.log_file, pinned)
+        # Only when the config does not list the dirs: then the variables chose them.
+        chosen_by_env = "config_dirs" not in settings.claude.model_fields_set
+        installer = build_installer(settings.agent.log_file, pinned,
+                                    environment=carried_environment() if chosen_by_env else {})
         plan = installer.install(dry_run=dry_run)
     except ConfigError as exc:
         _fail("\ncredsync: ".join(exc.problems), EXIT_CONFIG)
     except InstallError as exc:
         _fail(str(exc), EXIT_FAILED)
     _report(plan, installer, dry_run, settings.agent.log_file)
+    click.echo(_watched(settings))
 
 
 @click.command("uninstall")
@@ -141,6 +157,16 @@ def _report(plan: Plan, installer: Installer, dry_run: bool, log_file: Path | No
         click.echo(f"--- {plan.path} ---\n{plan.content.rstrip()}\n--- end of {plan.path} ---")
     if not dry_run and plan.action == "install":
         click.echo(_how_to_check(installer, platform, log_file))
+
+
+def _watched(settings: Settings) -> str:
+    """Which config dirs the installed agent watches, and what chose them."""
+    dirs = ", ".join(str(d) for d in settings.claude.config_dirs)
+    if "config_dirs" in settings.claude.model_fields_set:
+        return f"The agent will watch: {dirs} (claude.config_dirs)"
+    carried = [name for name in paths.CLAUDE_DIR_VARS if name in os.environ]
+    source = f"{carried[0]}, carried into the login item" if carried else "the default"
+    return f"The agent will watch: {dirs} ({source})"
 
 
 def _describe(step: Step, platform: Platform) -> str:

@@ -1,10 +1,13 @@
 """Settings: one TOML file, every key overridable from the environment.
 
 Lookup: ``--config PATH``, else ``$CREDSYNC_CONFIG``, else the platform's user config dir. A
-missing file means the defaults. Variables are ``CREDSYNC_<SECTION>__<KEY>`` (``CREDSYNC_SINKS``
-takes a JSON list). Everything is validated here, before any runtime object is built; problems
-come back as one ``ConfigError`` with one line per problem that names the source, the problem and
-the accepted form. A line never shows a secret's value (``refresh.client_secret``,
+missing default file means the defaults; a missing file that was named is an error. Variables are
+``CREDSYNC_<SECTION>__<KEY>`` (``CREDSYNC_SINKS`` takes a JSON list). Strict throughout: an
+unknown key or variable is an error (a typo must not silently mean the default), paths must come
+out absolute, and a config file someone else could change is refused (it chooses the token URL,
+the sinks and ``notify.command``). Everything is validated here, before any runtime object is
+built; problems come back as one ``ConfigError`` with one line per problem that names the source,
+the problem and the accepted form. A line never shows a secret's value (``refresh.client_secret``,
 ``notify.webhook``), and any value it does show is shortened and token-like runs redacted.
 """
 
@@ -14,6 +17,7 @@ import ipaddress
 import json
 import os
 import re
+import stat
 import sys
 import typing
 import urllib.parse
@@ -21,13 +25,20 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     SettingsError,
-    TomlConfigSettingsSource,
 )
 
 from agent import paths
@@ -52,7 +63,15 @@ ATTEMPTS_PER_LOCK = 2
 MAX_CONFIG_BYTES = 1_000_000
 # Values an error line never shows, whatever is wrong with them: a webhook URL holds a secret
 # in its path or query as often as not.
-SECRET_LOCS = frozenset({("refresh", "client_secret"), ("notify", "webhook")})
+SECRET_LOCS = frozenset({("refresh", "client_secret"), ("notify", "webhook"),
+                         ("refresh", "token_url")})  # a token URL may carry a password
+# CREDSYNC_* variables that are not settings but are read or set on purpose: the config file's
+# location; setup-agent.sh's prefix; what the notifier hands ``notify.command`` (which may well
+# run credsync); the test suite's knobs.
+NON_SETTING_VARS = frozenset({"CONFIG", "PREFIX", "EVENT", "TITLE", "BODY", "URGENCY",
+                              "AFFECTED_DIRS", "TIME", "CRASH_CYCLES", "SOAK_MINUTES"})
+NON_SETTING_PREFIXES = ("TEST_",)
+PATH_RULE = paths.ABSOLUTE_RULE.removeprefix("expected ")
 MAX_SHOWN_CHARS = 24  # sim and real tokens are longer
 MAX_URL_CHARS = 2000
 
@@ -66,6 +85,29 @@ def _expand_path(value: Any) -> Any:
     if isinstance(value, str) and "\0" in value:
         raise ValueError("a path cannot hold a NUL character")
     return paths.expand(value) if isinstance(value, (str, Path)) else value
+
+
+def safe_url(url: str) -> str:
+    """``url`` as it may be shown: scheme, host, port and path; never a user name, password,
+    query or fragment (where a secret travels when it travels in a URL)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+    except ValueError:
+        return "(an unparsable URL)"
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{port}" if port is not None else host
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _no_userinfo(value: str) -> str:
+    if "@" in urllib.parse.urlsplit(value).netloc:
+        # Credentials for the token endpoint do not belong in a URL: it is logged, shown in
+        # status and recorded in refresh.json.
+        raise ValueError("a token URL cannot hold a user name or password (user:password@); "
+                         "remove them (refresh.client_secret is the place for a secret)")
+    return value
 
 
 def _http_url(value: str | None) -> str | None:
@@ -103,11 +145,11 @@ def _valid_host_and_port(url: str) -> bool:
 
 class AgentSection(Section):
     state_dir: Path = Field(default_factory=paths.default_state_dir,
-                            description="a directory path (~ allowed)")
+                            description=f"a directory path; {PATH_RULE}")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="one of debug, info, warning, error")
     log_file: Path | None = Field(default_factory=paths.default_log_file,
-                                  description='a file path, or "" for no log file')
+                                  description=f'a file path, or "" for no log file; {PATH_RULE}')
     debounce_ms: int = Field(10, ge=0, le=5000, description="milliseconds, 0 to 5000")
 
     _paths = field_validator("state_dir", mode="before")(_expand_path)
@@ -126,7 +168,8 @@ class AgentSection(Section):
 class ClaudeSection(Section):
     config_dirs: list[Path] = Field(
         default_factory=lambda: [paths.current_claude_config_dir()],
-        description='a list of directory paths, e.g. ["~/.claude", "~/work/.claude"]')
+        description='a list of directory paths, e.g. ["~/.claude", "~/work/.claude"]; '
+                    f'{PATH_RULE}')
     keychain: bool = Field(True, description="true or false")
 
     @field_validator("config_dirs", mode="before")
@@ -152,7 +195,7 @@ SinkFormat = Literal["claude", "access-token", "env", "json"]
 
 
 class SinkEntry(Section):
-    path: Path = Field(description="a file path (~ allowed)")
+    path: Path = Field(description=f"a file path; {PATH_RULE}")
     format: SinkFormat = Field("access-token",
                                description="one of claude, access-token, env, json")
     env_var: str = Field("CLAUDE_CODE_OAUTH_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
@@ -172,8 +215,9 @@ class RefreshSection(Section):
         86400, gt=0, description="seconds, more than 0: a credential claiming to expire later "
                                  "than this from now never wins")
     token_url: str = Field(CLAUDE_TOKEN_URL, pattern=r"^https?://",
-                           description="an http(s) URL")
+                           description="an http(s) URL without user:password@")
     _token_url = field_validator("token_url")(_http_url)
+    _token_url_userinfo = field_validator("token_url")(_no_userinfo)
     client_id: str = Field(CLAUDE_CLIENT_ID, min_length=1, description="a non-empty string")
     client_secret: str | None = Field(None, description="a string (oauth2 style only)")
     scope: str = Field(CLAUDE_SCOPE, description="space-separated scopes")
@@ -196,7 +240,7 @@ class NotifySection(Section):
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore",
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid",
         case_sensitive=False, validate_default=True)
 
     agent: AgentSection = Field(default_factory=lambda: AgentSection(),
@@ -219,41 +263,136 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml_file = _TOML_FILE.get("path")
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if toml_file is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        document = _TOML_DOC.get("doc")
+        if document is not None:
+            # The document read (and checked) once, not the file again: it cannot change between
+            # the ownership check and its use.
+            sources.append(InitSettingsSource(settings_cls, init_kwargs=document))
         return tuple(sources)
 
+    @model_validator(mode="after")
+    def _no_sink_collisions(self) -> Settings:
+        problems = sink_collisions(self)
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
 
-# pydantic-settings builds sources from the class; the file chosen for this load is passed here.
-_TOML_FILE: dict[str, Path | None] = {"path": None}
+
+def _same_file(a: Path, b: Path) -> bool:
+    """The same path, as written or once symlinks are resolved."""
+    return os.path.abspath(a) == os.path.abspath(b) or os.path.realpath(a) == os.path.realpath(b)
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    for p, d in ((os.path.abspath(path), os.path.abspath(directory)),
+                 (os.path.realpath(path), os.path.realpath(directory))):
+        if os.path.commonpath([p, d]) == d:
+            return True
+    return False
+
+
+def sink_collisions(settings: Settings) -> list[str]:
+    """One line per sink whose path is also another file credsync reads or writes: a sink on a
+    config dir's credential file would overwrite the document with a bare token, and the two
+    stores would "restore" each other forever."""
+    problems = []
+    for index, sink in enumerate(settings.sinks):
+        what = _collision(settings, index, sink.path)
+        if what:
+            problems.append(f"sinks[{index}].path: {sink.path} is {what}; point the sink at a "
+                            "file of its own")
+    return problems
+
+
+def _collision(settings: Settings, index: int, path: Path) -> str | None:
+    for config_dir in settings.claude.config_dirs:
+        if _same_file(path, config_dir / ".credentials.json"):
+            return f"the credential file of config dir {config_dir}"
+    if _inside(path, settings.agent.state_dir):
+        return f"inside the state dir {settings.agent.state_dir} (agent.state_dir)"
+    log_file = settings.agent.log_file
+    if log_file is not None and _same_file(path, log_file):
+        return "the log file (agent.log_file)"
+    for other, sink in enumerate(settings.sinks[:index]):
+        if _same_file(path, sink.path):
+            return f"also the path of sinks[{other}]"
+    return None
+
+
+# pydantic-settings builds sources from the class; the document read for this load is passed here.
+_TOML_DOC: dict[str, dict[str, Any] | None] = {"doc": None}
 
 
 def config_path(explicit: Path | None, env: Mapping[str, str] | None = None) -> Path:
     """``--config``, else ``$CREDSYNC_CONFIG``, else the user config dir (the same rule as
-    ``agent.tokennote.resolve_config``, which `credsync token` uses without this module)."""
+    ``agent.tokennote.resolve_config``, which `credsync token` uses without this module).
+
+    ``--config`` is taken literally but for ``~`` (the shell expanded any ``$`` it meant);
+    ``$CREDSYNC_CONFIG`` may use ``~`` and ``$VARS`` that are set."""
     env = os.environ if env is None else env
     if explicit is not None:
-        return paths.expand(explicit)
-    if env.get("CREDSYNC_CONFIG"):
-        return paths.expand(env["CREDSYNC_CONFIG"])
+        return paths.expand_literal(explicit)
+    value = env.get("CREDSYNC_CONFIG")
+    if value:
+        # A plain relative value is taken from the working dir, as the fast path does.
+        plain = not value.startswith("~") and "$" not in value
+        try:
+            return paths.expand_literal(value) if plain else paths.expand(value, env)
+        except ValueError as exc:
+            raise ConfigError([f"environment variable CREDSYNC_CONFIG: {exc}"]) from exc
     return paths.default_config_file()
 
 
-def _check_toml(path: Path) -> None:
+def _owner_problem(path: Path, st: os.stat_result, what: str) -> str | None:
+    uid = os.getuid()
+    if st.st_uid not in (0, uid):
+        return (f"{path}: {what} is owned by uid {st.st_uid}, neither you (uid {uid}) nor root, "
+                f"and it chooses the token URL, the sinks and notify.command; use a {what} of "
+                f"your own (chown {uid} {path})")
+    if st.st_mode & 0o022 and not (stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX):
+        return (f"{path}: {what} is writable by group or others, and it chooses the token URL, "
+                f"the sinks and notify.command; chmod go-w {path}")
+    return None
+
+
+def _check_protected(path: Path) -> None:
+    """Refuse a config file that someone but us (or root) could change, directly or by
+    replacing it in its directory."""
+    if not hasattr(os, "getuid"):
+        return  # Windows: ACLs, not modes; the user profile is private by default
+    real = Path(os.path.realpath(path))
+    checks = [(real, "the config file")]
+    checks += [(d, "the config file's directory") for d in dict.fromkeys([path.parent,
+                                                                          real.parent])]
+    for target, what in checks:
+        try:
+            problem = _owner_problem(target, os.stat(target), what)
+        except OSError as exc:
+            problem = f"{target}: cannot be inspected ({exc.strerror or exc}); check the path"
+        if problem:
+            raise ConfigError([problem])
+
+
+def _check_toml(path: Path) -> dict[str, Any] | None:
+    """The file's document, after its size, encoding, syntax and protection were checked;
+    None when there is no file."""
+    if path.is_dir():
+        raise ConfigError([f"{path}: a directory, not a config file; point --config at the "
+                           f"file itself (e.g. {path / 'config.toml'})"])
     try:
         raw = read_bytes(path, MAX_CONFIG_BYTES)
     except StoreError as exc:
         raise ConfigError([f"{exc}; fix its permissions, or point --config at the config file"]) \
             from exc
     if raw is None:
-        return
+        return None
+    _check_protected(path)
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError([f"{path}: over {MAX_CONFIG_BYTES} bytes, too big for a credsync "
                            "config; check the path"])
     try:
-        tomllib.loads(raw.decode("utf-8"))
+        document: dict[str, Any] = tomllib.loads(raw.decode("utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: TOML syntax error: {exc}; fix the syntax at that line"]) \
             from exc
@@ -262,6 +401,7 @@ def _check_toml(path: Path) -> None:
                            "save it as UTF-8"]) from exc
     except RecursionError as exc:
         raise ConfigError([f"{path}: nested too deeply to be a credsync config"]) from exc
+    return document
 
 
 def _env_name(loc: tuple[Any, ...]) -> str | None:
@@ -318,14 +458,49 @@ def _shown(loc: tuple[Any, ...], value: Any) -> str:
     return f" (got {text})"
 
 
-def _describe(error: Mapping[str, Any], path: Path) -> str:
+def _describe(error: Mapping[str, Any], path: Path) -> list[str]:
     loc = tuple(error.get("loc", ()))
+    msg = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    if not loc:  # a check across keys (sink collisions): its lines name their keys
+        source = "environment variable CREDSYNC_SINKS" if _env_name(("sinks",)) else str(path)
+        return [f"{source}: {line}" for line in msg.splitlines()]
     env_name = _env_name(loc)
     source = f"environment variable {env_name}" if env_name else f"{path}: {_dotted(loc)}"
     if error.get("type") == "extra_forbidden":
-        return f"{source}: unknown key; remove it or fix its spelling (see config.example.toml)"
+        return [f"{source}: unknown key; remove it or fix its spelling (see config.example.toml)"]
     got = _shown(loc, error.get("input"))
-    return f"{source}: {error.get('msg', 'invalid')}{got}; expected {_accepted(loc)}"
+    if "; expected " in msg:  # the message already says what is accepted (paths)
+        return [f"{source}: {msg}{got}"]
+    return [f"{source}: {msg}{got}; expected {_accepted(loc)}"]
+
+
+def _setting_name(rest: str) -> bool:
+    """Is ``CREDSYNC_<rest>`` a setting: a top-level key or ``<SECTION>__<KEY>``?"""
+    parts = rest.lower().split("__")
+    fields = Settings.model_fields
+    if len(parts) == 1:
+        return parts[0] in fields
+    if len(parts) != 2 or parts[0] not in fields:
+        return False
+    model = fields[parts[0]].annotation
+    return parts[1] in getattr(model, "model_fields", {})
+
+
+def unknown_env_vars(env: Mapping[str, str]) -> list[str]:
+    """One line per CREDSYNC_* variable that is neither a setting nor read on purpose: a
+    misspelt variable must not silently mean the default."""
+    lines = []
+    for name in sorted(env):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX):
+            continue
+        rest = upper[len(ENV_PREFIX):]
+        if rest in NON_SETTING_VARS or rest.startswith(NON_SETTING_PREFIXES) or \
+                _setting_name(rest):
+            continue
+        lines.append(f"environment variable {name}: unknown variable; unset it or fix its "
+                     "spelling (settings are CREDSYNC_<SECTION>__<KEY>, see config.example.toml)")
+    return lines
 
 
 def _takes_json(loc: tuple[str, ...]) -> bool:
@@ -374,18 +549,24 @@ def load_settings(explicit: Path | None = None) -> tuple[Settings, Path]:
 
 
 def _load(path: Path, explicit: bool) -> tuple[Settings, Path]:
+    unknown = unknown_env_vars(os.environ)
+    if unknown:
+        raise ConfigError(unknown)
     if explicit and not path.exists():
         raise ConfigError([f"{path}: no such config file; pass an existing file to --config"])
-    _check_toml(path)
-    _TOML_FILE["path"] = path if path.is_file() else None
+    if not explicit and os.environ.get("CREDSYNC_CONFIG") and not path.exists():
+        raise ConfigError([f"{path}: no such config file (named by CREDSYNC_CONFIG); create it, "
+                           "or fix or unset CREDSYNC_CONFIG"])
+    _TOML_DOC["doc"] = _check_toml(path)
     try:
         return Settings(), path
     except ValidationError as exc:
-        raise ConfigError([_describe(e, path) for e in exc.errors(include_url=False)]) from exc
+        raise ConfigError([line for e in exc.errors(include_url=False)
+                           for line in _describe(e, path)]) from exc
     except SettingsError as exc:
         raise ConfigError(_env_problems(exc)) from exc
     except OSError as exc:  # the file went away or changed since it was checked
         raise ConfigError([f"{path}: cannot be read ({exc.strerror or exc}); try again"]) \
             from exc
     finally:
-        _TOML_FILE["path"] = None
+        _TOML_DOC["doc"] = None

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from agent import jsondoc
+
 OAUTH_KEY = "claudeAiOauth"
 MAX_DOCUMENT_BYTES = 1_000_000
 # 9999-12-31T23:59:59.999Z: a later expiry cannot be shown as a date, so it is garbage, not a
@@ -109,7 +111,9 @@ class Credential:
         return other is None or self.expires_at_ms > other.expires_at_ms
 
     def to_json_obj(self) -> dict[str, Any]:
-        return dict(self.oauth)
+        """The object with plain numbers (for credsync's own files); ``merged_document`` keeps
+        each number's source text for the CLI's document."""
+        return {key: _plain(value) for key, value in self.oauth.items()}
 
     def __repr__(self) -> str:
         return f"Credential(fp={self.fingerprint}, expires_at_ms={self.expires_at_ms})"
@@ -156,7 +160,31 @@ def _check_oauth(oauth: Any) -> str | None:
         return f"{OAUTH_KEY}.expiresAt is {type(expires).__name__}, expected milliseconds"
     if ms_or_none(expires) is None:
         return f"{OAUTH_KEY}.expiresAt is out of range (not a finite time before year 10000)"
+    if not _finite(oauth):
+        # The CLI never writes one; kept, it would make last-good unreadable as JSON.
+        return f"{OAUTH_KEY} holds a number too large for a double (such as 1e400)"
     return None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, jsondoc.Number):
+        return float(value)
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _finite(value: Any) -> bool:
+    """No number in ``value`` overflows a float: credsync's own files could not hold it."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(item) for item in value.values())
+    if isinstance(value, list):
+        return all(_finite(item) for item in value)
+    return True
 
 
 def _token_text(value: str) -> bool:
@@ -170,7 +198,8 @@ def parse_document(raw: bytes) -> tuple[Reading, dict[str, Any] | None]:
     if not raw.strip():
         return Reading(ReadState.INVALID, detail="empty file"), None
     try:
-        doc = json.loads(raw)
+        # Each number keeps its source text: a rewrite must give the CLI back what it wrote.
+        doc = jsondoc.loads(raw)
     except json.JSONDecodeError as exc:
         # JSON that ends early is what a write in progress looks like between two chunks.
         cut = exc.pos >= len(exc.doc.rstrip())
@@ -199,8 +228,16 @@ def reading_from_document(doc: Mapping[str, Any]) -> Reading:
 def merged_document(existing: Mapping[str, Any] | None, cred: Credential) -> dict[str, Any]:
     """The document to write: every key of ``existing`` kept, only claudeAiOauth replaced."""
     doc = dict(existing or {})
-    doc[OAUTH_KEY] = cred.to_json_obj()
+    doc[OAUTH_KEY] = dict(cred.oauth)  # not to_json_obj: numbers keep their source text
     return doc
+
+
+def render_document(doc: Mapping[str, Any], compact: bool = False) -> bytes:
+    """The bytes of a credential document: every number as it was read, never NaN or Infinity
+    (``JSON.parse`` rejects them; what ``parse_document`` read holds neither)."""
+    if compact:
+        return jsondoc.dumps(doc, indent=None, separators=(",", ":"))
+    return jsondoc.dumps(doc, indent=2) + b"\n"
 
 
 def freshest(candidates: list[Credential]) -> Credential | None:

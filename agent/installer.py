@@ -14,7 +14,7 @@ import os
 import re
 import shlex
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -29,7 +29,8 @@ __all__ = [
     "LABEL", "TASK_NAME", "TEMPLATE_NAMES", "UNIT_NAME", "Installer", "LoginItemStatus",
     "MakeDir", "Plan", "Platform", "Remove", "Run", "Runner", "Step", "Write", "default_program",
     "format_argv", "launchd_log_paths", "load_template", "render_launchd_plist",
-    "render_systemd_unit", "render_task_xml", "subprocess_runner", "systemd_exec_line",
+    "render_systemd_unit", "render_task_xml", "subprocess_runner", "systemd_environment_line",
+    "systemd_exec_line",
 ]
 
 Platform = Literal["linux", "darwin", "win32"]
@@ -110,8 +111,19 @@ def systemd_exec_line(program: Sequence[str]) -> str:
                     for index, arg in enumerate(program))
 
 
-def render_systemd_unit(program: Sequence[str]) -> str:
-    return load_template(TEMPLATE_NAMES["linux"]).substitute(exec_start=systemd_exec_line(program))
+def systemd_environment_line(name: str, value: str) -> str:
+    """One ``Environment=`` assignment, quoted: systemd expands ``%`` specifiers there (not
+    ``$``) and reads C-style escapes inside double quotes."""
+    escaped = f"{name}={value}".replace("%", "%%").replace("\\", "\\\\").replace('"', '\\"')
+    return f'Environment="{escaped}"'
+
+
+def render_systemd_unit(program: Sequence[str],
+                        environment: Mapping[str, str] | None = None) -> str:
+    lines = "".join("\n" + systemd_environment_line(k, v)
+                    for k, v in sorted((environment or {}).items()))
+    return load_template(TEMPLATE_NAMES["linux"]).substitute(
+        exec_start=systemd_exec_line(program), environment=lines)
 
 
 def launchd_log_paths(log_dir: Path) -> tuple[Path, Path]:
@@ -119,11 +131,14 @@ def launchd_log_paths(log_dir: Path) -> tuple[Path, Path]:
     return log_dir / "launchd.stdout.log", log_dir / "launchd.stderr.log"
 
 
-def render_launchd_plist(program: Sequence[str], log_dir: Path) -> str:
+def render_launchd_plist(program: Sequence[str], log_dir: Path,
+                         environment: Mapping[str, str] | None = None) -> str:
     stdout_path, stderr_path = launchd_log_paths(log_dir)
     arguments = "\n".join(f"\t\t<string>{escape(arg)}</string>" for arg in program)
+    variables = "".join(f"\n\t\t<key>{escape(k)}</key>\n\t\t<string>{escape(v)}</string>"
+                        for k, v in sorted((environment or {}).items()))
     return load_template(TEMPLATE_NAMES["darwin"]).substitute(
-        label=LABEL, program_arguments=arguments,
+        label=LABEL, program_arguments=arguments, environment=variables,
         stdout_path=escape(str(stdout_path)), stderr_path=escape(str(stderr_path)))
 
 
@@ -202,10 +217,13 @@ class Installer:
         config_home: Path | None = None,
         uid: int | None = None,
         user_id: str | None = None,
+        environment: Mapping[str, str] | None = None,
     ) -> None:
         """``program`` is the agent's argv (absolute first element); ``config_path``, when
         given, is passed to it as ``--config``. ``config_home`` is $XDG_CONFIG_HOME (Linux),
-        ``uid`` the launchd gui domain (macOS), ``user_id`` DOMAIN\\user (Windows)."""
+        ``uid`` the launchd gui domain (macOS), ``user_id`` DOMAIN\\user (Windows).
+        ``environment`` is what the login item sets for the agent (the variables that chose
+        the config dirs in the installing shell)."""
         self._runner = runner
         self._home = home
         self._platform: Platform = platform
@@ -214,6 +232,7 @@ class Installer:
         self._config_home = config_home or home / ".config"
         self._uid = uid
         self._user_id = user_id
+        self._environment = dict(environment or {})
 
     @property
     def program(self) -> list[str]:
@@ -229,10 +248,11 @@ class Installer:
 
     def render(self) -> str:
         _check_program(self._program, self._platform)
+        _check_environment(self._environment, self._platform)
         if self._platform == "linux":
-            return render_systemd_unit(self._program)
+            return render_systemd_unit(self._program, self._environment)
         if self._platform == "darwin":
-            return render_launchd_plist(self._program, self._log_dir)
+            return render_launchd_plist(self._program, self._log_dir, self._environment)
         return render_task_xml(self._program, self._windows_user(), str(self._home))
 
     def _encode(self, content: str) -> bytes:
@@ -409,6 +429,20 @@ def _check_program(program: Sequence[str], platform: Platform) -> None:
         if _CONTROL.search(arg):
             raise InstallError(f"the argument {arg!r} holds a control character that a login "
                                "item cannot carry; use a path without it")
+
+
+def _check_environment(environment: Mapping[str, str], platform: Platform) -> None:
+    if environment and platform == "win32":
+        # A scheduled task has no environment of its own; a wrapper (cmd /c set ...) would
+        # open a console window at every logon. The config file can say the same thing.
+        names = ", ".join(sorted(environment))
+        raise InstallError(f"{names} is set in this shell but a scheduled task cannot carry "
+                           "it; list the config dirs in the config file (claude.config_dirs) "
+                           "and install again")
+    for name, value in environment.items():
+        if _CONTROL.search(value) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise InstallError(f"{name} holds a control character that a login item cannot "
+                               "carry; set claude.config_dirs in the config file instead")
 
 
 def _read(path: Path) -> bytes | None:

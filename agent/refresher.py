@@ -28,7 +28,7 @@ from urllib.parse import quote_plus
 import httpx
 
 from agent.clock import Clock, SystemClock
-from agent.config import RefreshSection
+from agent.config import RefreshSection, safe_url
 from agent.credential import Credential, fingerprint_of
 from agent.errors import InvalidGrantError, TransientRefreshError
 
@@ -68,6 +68,8 @@ class HttpRefresher:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.token_url = token_url
+        # What messages show: a URL may carry a password, a query or a fragment.
+        self.shown_url = safe_url(token_url)
         self.client_id = client_id
         self.scope = scope
         self.style = style
@@ -104,15 +106,15 @@ class HttpRefresher:
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol) as exc:
             # Never reached the server: the refresh token is certainly unspent.
             raise TransientRefreshError(
-                f"token endpoint {self.token_url} unreachable ({type(exc).__name__})") from exc
+                f"token endpoint {self.shown_url} unreachable ({type(exc).__name__})") from exc
         except httpx.TimeoutException as exc:
             raise TransientRefreshError(
-                f"token endpoint {self.token_url} timed out after {self.timeout_s:g} s",
+                f"token endpoint {self.shown_url} timed out after {self.timeout_s:g} s",
                 may_have_rotated=True) from exc
         except httpx.HTTPError as exc:
             # Sent, then the connection failed: the server may have rotated the token already.
             raise TransientRefreshError(
-                f"token endpoint {self.token_url} dropped the connection ({type(exc).__name__})",
+                f"token endpoint {self.shown_url} dropped the connection ({type(exc).__name__})",
                 may_have_rotated=True) from exc
         return self._result(cred, response, sent_at)
 
@@ -137,10 +139,10 @@ class HttpRefresher:
         status = response.status_code
         body = _json_object(response)
         if status == 200:
-            return _parse_success(cred, body, sent_at, self.token_url)
+            return _parse_success(cred, body, sent_at, self.shown_url)
         error = body.get("error") if body else None
         code = error if isinstance(error, str) and _CODE.match(error) else None
-        where = f"token endpoint {self.token_url} answered {status}"
+        where = f"token endpoint {self.shown_url} answered {status}"
         if 400 <= status < 500 and status not in (408, 429) and code in TERMINAL_ERRORS:
             detail = _description(body, cred)
             raise GrantRejected(f"{where} {code}{detail}", code, status)

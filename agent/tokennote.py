@@ -5,14 +5,16 @@ most of its cost, and the interpreter's own start-up is most of what is left: im
 click, pathlib or logging costs more than the work. So the full command, each time it hands out a
 token that is valid and not due for a refresh, leaves a note (``remember``): which bytes it read
 (the config file, every config dir's credential file, the state files that decide a refresh:
-size and CRC-32 of each), the environment and code that shaped the settings, which file held the
-token and where, and until when the answer holds (the refresh deadline, never past expiry).
+size and CRC-32 of each), the environment (keyed digests of its values) and code that shaped the
+settings, which file held the token and where, and until when the answer holds (the refresh
+deadline, never past expiry).
 
 The next ``credsync token`` (``lookup``) reads the note and those files again and, when every
 input is byte-for-byte what the full command decided on and the deadline has not come, prints the
 token from the same bytes. Anything else (a changed or unreadable input, a damaged note, a newer
 code version, a deadline reached) and the full command runs and decides, as before. The note
-holds no token: sizes, checksums, paths and offsets only; it lives in the user cache dir, 0600.
+holds no token and no environment value (a CREDSYNC_* value may be a secret): sizes, checksums,
+digests, paths and offsets only; it lives in the user cache dir, 0600.
 
 This module imports only what ``json`` already brings in: the full command's imports are what the
 note exists to avoid. The keychain is not an input: on Linux and Windows credsync's item is its
@@ -30,9 +32,14 @@ import time
 import zlib
 from collections.abc import Mapping, Sequence
 
+try:  # blake2 without hashlib, whose OpenSSL import costs more than the rest of the fast path
+    from _blake2 import blake2b
+except ImportError:  # pragma: no cover - another interpreter
+    from hashlib import blake2b
+
 __all__ = ["Note", "lookup", "note_file", "read_input", "resolve_config"]
 
-VERSION = 1
+VERSION = 2  # 2: environment values are keyed digests, never the values
 MAX_NOTE_BYTES = 1_000_000
 MAX_INPUT_BYTES = 4_000_000  # the state dir's own limit
 # What platformdirs and ``~`` expansion read, and the variables that name the config dirs.
@@ -42,7 +49,8 @@ ENV_NAMES = ("APPDATA", "CLAUDE_CONFIG_DIR", "CLAUDE_SECURESTORAGE_CONFIG_DIR", 
 ENV_PREFIXES = ("XDG_", "CREDSYNC_")
 # The modules whose code decides the answer: an upgrade invalidates every note.
 CODE = ("tokennote.py", "config.py", "paths.py", "runtime.py", "refresh.py", "reconcile.py",
-        "credential.py", "state.py", "build.py", "stores/claude_file.py")
+        "credential.py", "jsondoc.py", "ledger.py", "winner.py", "build.py",
+        "stores/claude_file.py")
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 Input = list[object]  # [path, size, crc32], or [path, None, None] for a file that is not there
@@ -69,20 +77,30 @@ def note_file(env: Mapping[str, str], platform: str = sys.platform) -> str | Non
 def resolve_config(given: str | None, env: Mapping[str, str]) -> list[object]:
     """How the config file is chosen: ``--config``, ``$CREDSYNC_CONFIG`` or the default (which
     then depends only on the environment compared separately)."""
-    def expand(value: str) -> str:
-        return os.path.abspath(os.path.expanduser(os.path.expandvars(value)))
-
+    # As agent.config.config_path: ``--config`` literally but for ``~`` (the shell expanded any
+    # ``$`` it meant); the variable with ``~`` and ``$VARS`` (the full command refuses an unset
+    # one, so no note exists for it).
     if given is not None:
-        return ["explicit", expand(given)]
+        return ["explicit", os.path.abspath(os.path.expanduser(given))]
     if env.get("CREDSYNC_CONFIG"):
-        return ["env", expand(env["CREDSYNC_CONFIG"])]
+        value = env["CREDSYNC_CONFIG"]
+        return ["env", os.path.abspath(os.path.expanduser(os.path.expandvars(value)))]
     return ["default", None]
 
 
-def relevant_env(env: Mapping[str, str], extra: Sequence[str]) -> dict[str, str | None]:
+def relevant_env(env: Mapping[str, str], extra: Sequence[str],
+                 key: bytes) -> dict[str, str | None]:
+    """Each variable that shapes the settings, as a keyed digest of its value (None when
+    unset): a CREDSYNC_* value may be a secret (``notify.webhook``), and the note must not
+    hold one."""
     names = {n for n in env if n.upper().startswith(ENV_PREFIXES)}
     names.update(ENV_NAMES, extra)
-    return {n: env.get(n) for n in sorted(names)}
+    return {n: _digest(key, env[n]) if n in env else None for n in sorted(names)}
+
+
+def _digest(key: bytes, value: str) -> str:
+    data = value.encode("utf-8", "surrogateescape")
+    return blake2b(data, key=key, digest_size=16).hexdigest()
 
 
 def code_signature() -> list[list[int]]:
@@ -162,7 +180,10 @@ def _answer(note: dict[str, object], given: str | None, env: Mapping[str, str],
     if note["cwd"] is not None and note["cwd"] != os.getcwd():
         return None
     extra = note["extra_env"]
-    if not isinstance(extra, list) or note["env"] != relevant_env(env, extra):
+    env_key = note["env_key"]
+    if not isinstance(extra, list) or not isinstance(env_key, str):
+        return None
+    if note["env"] != relevant_env(env, extra, bytes.fromhex(env_key)):
         return None
     if note["code"] != code_signature():
         return None
@@ -212,7 +233,12 @@ class Note:
 
     def watch(self, paths: Sequence[str]) -> None:
         """Read every credential and state file the decision is about to read."""
-        self.relative = any(not os.path.isabs(p) for p in paths)
+        # The CLI resolves a relative CLAUDE_CONFIG_DIR against the working dir, and so does
+        # the full command: the answer then holds in this directory only.
+        dir_vars = (self.env.get(n) for n in ("CLAUDE_SECURESTORAGE_CONFIG_DIR",
+                                              "CLAUDE_CONFIG_DIR"))
+        self.relative = any(not os.path.isabs(p) for p in paths) or any(
+            v and not os.path.isabs(os.path.expanduser(v)) for v in dir_vars)
         for path in paths:
             self.files[path] = read_input(path)
         self.inputs = [fingerprint(p, d) for p, d in self.files.items()]
@@ -247,9 +273,11 @@ class Note:
                 break
         else:
             return None  # held only by the keychain: no shortcut
+        env_key = os.urandom(16)  # per note: a digest tells nothing about another note's
         return {"version": VERSION, "platform": sys.platform, "config": self.config,
                 "cwd": os.getcwd() if self.relative else None, "extra_env": self.extra_env,
-                "env": relevant_env(self.env, self.extra_env), "code": self.code,
+                "env_key": env_key.hex(),
+                "env": relevant_env(self.env, self.extra_env, env_key), "code": self.code,
                 "inputs": [self.config_input, *self.inputs], "winner": winner,
                 "fresh_until": fresh_until, "written_at": time.time()}
 

@@ -172,7 +172,8 @@ WRONG_TYPES = [
     ({"accessToken": "a", "refreshToken": ["r"], "expiresAt": BASE_MS}, "refreshToken is list"),
     ({"accessToken": "a", "refreshToken": "r", "expiresAt": "soon"}, "expiresAt is str"),
     ({"accessToken": "a", "refreshToken": "r", "expiresAt": True}, "expiresAt is bool"),
-    ({"accessToken": "a", "refreshToken": "r", "expiresAt": float("inf")}, "out of range"),
+    # json.dumps writes Infinity, which is not JSON (the CLI's JSON.parse rejects it too).
+    ({"accessToken": "a", "refreshToken": "r", "expiresAt": float("inf")}, "not JSON"),
     ({"accessToken": "a", "refreshToken": "r", "expiresAt": 10**30}, "out of range"),
     ({"accessToken": "a\nEVIL=1", "refreshToken": "r", "expiresAt": BASE_MS},
      "accessToken holds whitespace"),
@@ -187,6 +188,12 @@ def test_wrong_types_are_named(oauth: Any, named: str) -> None:
     reading, _ = parse_document(json.dumps({"claudeAiOauth": oauth}).encode())
     assert reading.state is ReadState.INVALID
     assert named in reading.detail
+
+
+def test_an_overflowing_expiry_is_out_of_range() -> None:
+    raw = b'{"claudeAiOauth": {"accessToken": "a", "refreshToken": "r", "expiresAt": 1e400}}'
+    reading, _ = parse_document(raw)
+    assert reading.state is ReadState.INVALID and "out of range" in reading.detail
 
 
 def test_an_oversized_credential_file_is_refused(tmp_path: Path) -> None:

@@ -531,3 +531,67 @@ def test_login_item_status_in_a_real_process(tmp_path: Path) -> None:
     assert world.cli("install").returncode == 0
     after = status()
     assert (after["installed"], after["enabled"], after["active"]) == (True, True, True)
+
+
+# ---- F2: the login item carries what chose the config dirs; F12: stop timeouts ---------------
+
+CARRIED = {"CLAUDE_CONFIG_DIR": "/home/u/my work/100% \"x\"\\y",
+           "CLAUDE_SECURESTORAGE_CONFIG_DIR": ""}
+
+
+def test_systemd_unit_carries_the_config_dir_variables(tmp_path: Path) -> None:
+    text = render_systemd_unit(PROGRAM, CARRIED)
+    assert 'Environment="CLAUDE_CONFIG_DIR=/home/u/my work/100%% \\"x\\"\\\\y"\n' in text
+    assert 'Environment="CLAUDE_SECURESTORAGE_CONFIG_DIR="\n' in text
+    assert systemd_verify(write_unit(tmp_path, text), tmp_path) == (0, "")
+
+
+def test_systemd_stop_timeout_exceeds_the_refresh_timeout() -> None:
+    from agent.config import RefreshSection
+
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    parser.read_string(render_systemd_unit(PROGRAM))
+    # A stop during a refresh waits for the answer (timeout_s) and the save that follows.
+    assert int(parser["Service"]["TimeoutStopSec"]) >= RefreshSection().timeout_s + 20
+
+
+def test_plist_carries_the_config_dir_variables_and_a_long_exit_timeout(tmp_path: Path) -> None:
+    from agent.config import RefreshSection
+
+    data = plistlib.loads(render_launchd_plist(PROGRAM, tmp_path, CARRIED).encode())
+    assert data["EnvironmentVariables"] == {"PYTHONUNBUFFERED": "1", **CARRIED}
+    assert data["ExitTimeOut"] >= RefreshSection().timeout_s + 20
+
+
+def test_a_scheduled_task_cannot_carry_the_variables_and_says_what_to_do(tmp_path: Path) -> None:
+    installer = Installer(FakeRunner(), tmp_path, "win32", WIN_PROGRAM, tmp_path,
+                          user_id="H\\a", environment={"CLAUDE_CONFIG_DIR": "C:\\w"})
+    with pytest.raises(InstallError, match=r"CLAUDE_CONFIG_DIR .*\(claude\.config_dirs\)"):
+        installer.plan_install()
+
+
+@pytest.mark.integration
+def test_cli_install_carries_claude_config_dir_and_says_what_it_watches(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    work = world.home / "work"
+    done = world.cli("install", "--config", str(world.config), CLAUDE_CONFIG_DIR="~/work")
+    assert done.returncode == 0, done.stderr
+    assert f'Environment="CLAUDE_CONFIG_DIR={work}"\n' in world.unit.read_text()
+    assert systemd_verify(world.unit, tmp_path) == (0, "")
+    assert f"The agent will watch: {work} (CLAUDE_CONFIG_DIR, carried into the login item)" \
+        in done.stdout.splitlines()
+    plain = world.cli("install", "--dry-run", "--config", str(world.config))
+    assert "Environment=\"CLAUDE" not in plain.stdout
+    assert f"The agent will watch: {world.home / '.claude'} (the default)" in plain.stdout
+
+
+@pytest.mark.integration
+def test_cli_install_carries_nothing_when_the_config_lists_the_dirs(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    listed = world.home / "listed"
+    world.config.write_text(f'[claude]\nconfig_dirs = ["{listed}"]\n')
+    done = world.cli("install", "--dry-run", "--config", str(world.config),
+                     CLAUDE_CONFIG_DIR=str(world.home / "work"))
+    assert done.returncode == 0, done.stderr
+    assert "CLAUDE_CONFIG_DIR" not in done.stdout
+    assert f"The agent will watch: {listed} (claude.config_dirs)" in done.stdout

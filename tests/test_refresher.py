@@ -400,3 +400,19 @@ def test_backoff_rejects_nonsense() -> None:
         Backoff(min_s=0)
     with pytest.raises(ValueError):
         Backoff(min_s=10, max_s=5)
+
+
+@pytest.mark.integration
+def test_messages_never_show_the_urls_password_query_or_fragment(server: OAuthServer,
+                                                                  clock: FakeClock) -> None:
+    # F13: a URL given in code (the config refuses userinfo) still never reaches a message.
+    parts = urllib.parse.urlsplit(server.url)
+    url = urllib.parse.urlunsplit((parts.scheme, f"u:PW@{parts.netloc}", parts.path,
+                                   "k=S3CRET", "FRAG"))
+    server.inject_status(503)
+    with HttpRefresher(url, CLAUDE_CLIENT_ID, CLAUDE_SCOPE, "claude", TIMEOUT_S,
+                       clock=clock) as refresher, pytest.raises(TransientRefreshError) as caught:
+        refresher.refresh(login(server))
+    text = str(caught.value)
+    assert f"{parts.scheme}://{parts.netloc}{parts.path} answered 503" in text, text
+    assert "PW" not in text and "S3CRET" not in text and "FRAG" not in text

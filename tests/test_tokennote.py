@@ -80,15 +80,18 @@ def test_the_note_holds_no_token(tmp_path: Path, cache: Path) -> None:
 @pytest.mark.parametrize("change", [
     "config", "new CREDSYNC_ variable", "referenced variable", "credential same size",
     "credential removed", "state file created", "journal appended", "last-good changed",
-    "other cwd with relative dirs"])
+    "other cwd with a relative CLAUDE_CONFIG_DIR"])
 def test_any_changed_input_misses(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch,
                                   change: str) -> None:
     monkeypatch.setenv("SINKDIR", str(tmp_path / "s"))
     path = setup(tmp_path)
     path.write_text(path.read_text() + '\n[[sinks]]\npath = "$SINKDIR/t"\n')
-    if change == "other cwd with relative dirs":
+    if change == "other cwd with a relative CLAUDE_CONFIG_DIR":
+        # Relative paths in the config are refused; the CLI's variable may still be relative.
         monkeypatch.chdir(tmp_path)
-        path.write_text(path.read_text().replace(f'"{tmp_path}/cfg0"', '"cfg0"'))
+        monkeypatch.setenv("CLAUDE_CONFIG_DIR", "cfg0")
+        path.write_text("".join(line for line in path.read_text().splitlines(keepends=True)
+                                if not line.startswith("config_dirs")))
     token = full_token(path)
     assert lookup(str(path)) == token
     state = tmp_path / "state"
@@ -113,7 +116,7 @@ def test_any_changed_input_misses(tmp_path: Path, cache: Path, monkeypatch: pyte
             fh.write("+abc\n")
     elif change == "last-good changed":
         (state / "last-good.json").write_text(json.dumps({"claudeAiOauth": {}}))
-    elif change == "other cwd with relative dirs":
+    elif change == "other cwd with a relative CLAUDE_CONFIG_DIR":
         (tmp_path / "elsewhere").mkdir()
         monkeypatch.chdir(tmp_path / "elsewhere")
     assert lookup(str(path)) is None, change
@@ -271,3 +274,27 @@ def test_how_the_config_file_is_chosen(tmp_path: Path, monkeypatch: pytest.Monke
     assert resolve_config("~/a.toml", {"HOME": "/h"})[1] == os.path.expanduser("~/a.toml")
     assert resolve_config(None, {"CREDSYNC_CONFIG": "$X/c.toml"})[0] == "env"
     assert resolve_config(None, {}) == ["default", None]
+
+
+def test_the_note_holds_no_environment_value(tmp_path: Path, cache: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # F13: a webhook URL (or any CREDSYNC_* value) may carry a secret.
+    monkeypatch.setenv("CREDSYNC_NOTIFY__WEBHOOK", "https://h.invalid/S3CRET")
+    path = setup(tmp_path)
+    token = full_token(path)
+    assert cache.is_file() and "S3CRET" not in cache.read_text()
+    assert lookup(str(path)) == token  # the digest still tells a change apart
+    monkeypatch.setenv("CREDSYNC_NOTIFY__WEBHOOK", "https://h.invalid/OTHER")
+    assert lookup(str(path)) is None
+
+
+def test_dollar_is_literal_in_an_explicit_config_path(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # F9: --config is a path the shell already expanded; both sides take it literally.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("X", "/elsewhere")
+    assert resolve_config("$X/c.toml", {}) == ["explicit", str(tmp_path / "$X" / "c.toml")]
+    assert config_path(Path("$X/c.toml"), {}) == tmp_path / "$X" / "c.toml"
+    assert resolve_config(None, {"CREDSYNC_CONFIG": "$X/c.toml"}) == ["env", "/elsewhere/c.toml"]
+    assert config_path(None, {"CREDSYNC_CONFIG": "$X/c.toml", "X": "/elsewhere"}) == \
+        Path("/elsewhere/c.toml")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +14,7 @@ from agent.credential import (
     ReadState,
     merged_document,
     parse_document,
+    render_document,
 )
 from agent.errors import LockError, StoreError
 from agent.fsutil import Signature, atomic_write, read_bytes, write_target
@@ -109,6 +109,6 @@ class ClaudeFileStore(Store):
             return False
         if reading.state is ReadState.INVALID:
             doc = None  # garbage is replaced whole; there is nothing to keep
-        data = json.dumps(merged_document(doc, cred), indent=2).encode() + b"\n"
+        data = render_document(merged_document(doc, cred))
         self.written = atomic_write(write_target(self.path), data)
         return True

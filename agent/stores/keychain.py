@@ -26,7 +26,6 @@ import concurrent.futures
 import getpass
 import hashlib
 import importlib
-import json
 import os
 import sys
 import threading
@@ -39,7 +38,14 @@ from typing import Any, Generic, Protocol, TypeVar, cast
 import keyring.errors
 from keyring.backends.chainer import ChainerBackend
 
-from agent.credential import Credential, Reading, ReadState, merged_document, parse_document
+from agent.credential import (
+    Credential,
+    Reading,
+    ReadState,
+    merged_document,
+    parse_document,
+    render_document,
+)
 from agent.errors import KeychainUnavailable, StoreError
 from agent.ledger import scope_key
 from agent.stores.base import Role, Store
@@ -404,7 +410,7 @@ class KeychainStore(Store):
             return False  # same login (no keychain rewrite), or a fresher one: never go back
         if reading.state is ReadState.INVALID:
             doc = None  # garbage is replaced whole
-        data = json.dumps(merged_document(doc, cred), separators=(",", ":"))
+        data = render_document(merged_document(doc, cred), compact=True).decode("ascii")
         self.backend.set_password(self.service, self.account, data)
         return True
 

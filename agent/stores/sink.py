@@ -24,6 +24,7 @@ from agent.credential import (
     merged_document,
     ms_or_none,
     parse_document,
+    render_document,
 )
 from agent.errors import StoreError
 from agent.fsutil import (
@@ -78,7 +79,7 @@ class SinkStore(Store):
                                    "expires_at": cred.expires_at_ms}
             return json.dumps(obj).encode() + b"\n"
         doc = parse_document(existing)[1] if existing else None
-        return json.dumps(merged_document(doc, cred), indent=2).encode() + b"\n"
+        return render_document(merged_document(doc, cred))
 
     def read(self) -> Reading:
         refusal = self._refusal()
