@@ -50,7 +50,8 @@ SINK_FORMATS = ("access-token", "env", "json", "claude")
 FLOOR_SERVICE = "credsync-bench-floor"  # the floor's own item: the agent never reads it
 CATCH_UP_DEADLINE_S = 10.0
 POLL_S = 0.0002  # between looks at the last sink: short, so the poll adds little latency
-BASE_MS = 4_000_000_000_000  # far-future expiries: the agent never wants to refresh
+# Expiries 20 h ahead: hours from any refresh deadline, inside the plausible-lifetime cap (24 h).
+BASE_MS = (int(time.time()) + 20 * 3600) * 1000
 
 
 @dataclass(frozen=True)
