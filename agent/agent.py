@@ -257,13 +257,24 @@ class Agent:
                 log.debug("watches re-aimed")
             self.reconcile()
         if self.refresh is not None:
-            outcome = self.refresh.due(self.clock.now())
-            if outcome is not None:
+            outcome = self.refresh.due(self.clock.now(), self.pause)
+            if outcome is not None and self.stopping is None:
                 log.info("refresh: %s (%s)", outcome.kind, outcome.message)
                 if outcome.kind in (Kind.REFRESHED, Kind.ADOPTED, Kind.RELOGIN):
                     # The stores the refresher left alone get the new login; a refused one is
                     # dropped from the contest, and the user is told when nothing is left.
                     self.reconcile()
+
+    def pause(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for one event and handle it; True once a stop was asked.
+        A refresh waiting for a lock or for the token server calls this, so that SIGTERM is
+        honoured mid-refresh (handling an event only records it; the work waits its turn)."""
+        try:
+            event = self.events.get(timeout=seconds) if seconds > 0 else self.events.get_nowait()
+        except queue.Empty:
+            return self.stopping is not None
+        self.handle(event)
+        return self.stopping is not None
 
     def step(self, timeout: float | None = None) -> None:
         """Wait for one event (or the next deadline), handle it, then do what is due."""

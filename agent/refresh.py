@@ -18,7 +18,9 @@ import enum
 import logging
 import os
 import random
-from collections.abc import Iterator, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -38,6 +40,20 @@ if TYPE_CHECKING:  # pydantic stays out of `credsync token`'s start-up
 log = logging.getLogger("credsync.refresh")
 
 CLI_LOCK_WAIT_S = 10.0
+LOCK_SLICE_S = 0.2  # lock waits are cut in slices: a stop request is noticed between them
+POLL_S = 0.02  # how often the loop looks up from its events while the token server answers
+# Asked to stop while the token server is answering: wait this long for the answer, then go.
+# The service manager's deadline is 2 s; an answer that comes later still reaches last-good.
+STOP_GRACE_S = 1.2
+
+# Wait up to the given seconds for the loop's events (handling them); True once a stop was
+# asked. The agent passes its own; one-shot commands have nothing to wait for.
+Pause = Callable[[float], bool]
+
+
+def no_pause(seconds: float) -> bool:
+    time.sleep(seconds)
+    return False
 MIN_INTERVAL_S = 10.0  # never refresh again sooner than this after our own refresh...
 MIN_INTERVAL_FRACTION = 0.25  # ...or than this fraction of the lifetime, when that is shorter
 
@@ -62,6 +78,7 @@ class Kind(str, enum.Enum):
     LOGGED_OUT = "logged-out"  # the user logged out: nothing to refresh
     NONE = "none"  # no login at all
     BUSY = "busy"  # another process holds the locks
+    STOPPED = "stopped"  # the agent was asked to stop meanwhile
 
     @classmethod
     def of_state(cls, state: LoginState) -> Kind:
@@ -148,6 +165,7 @@ class Coordinator:
         # Long enough for another credsync process to finish its whole refresh.
         self.lock_wait_s = lock_wait_s if lock_wait_s is not None else section.timeout_s * 2 + 15
         self.cli_lock_wait_s = cli_lock_wait_s
+        self._pause: Pause = no_pause
 
     @property
     def schedule(self) -> Schedule:
@@ -183,25 +201,34 @@ class Coordinator:
                 *(legacy_refresh_lock(d, marked=True) for d in dirs)]
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
+    def locked(self, pause: Pause = no_pause) -> Iterator[None]:
         with contextlib.ExitStack() as stack:
-            stack.enter_context(self.lock.hold(self.lock_wait_s))
+            _acquire(self.lock, self.lock_wait_s, pause)
+            stack.callback(self.lock.release)
             for lock in self.cli_locks():
-                stack.enter_context(lock.hold(self.cli_lock_wait_s))
+                _acquire(lock, self.cli_lock_wait_s, pause)
+                stack.callback(lock.release)
             yield
 
     # ----- refreshing --------------------------------------------------------------------
-    def run(self, seen: Credential | None = None, force: bool = False) -> Outcome:
-        """One refresh decision under every lock; ``seen`` is the credential we meant to redeem."""
+    def run(self, seen: Credential | None = None, force: bool = False,
+            pause: Pause = no_pause) -> Outcome:
+        """One refresh decision under every lock; ``seen`` is the credential we meant to redeem.
+        ``pause`` lets the agent's loop notice a stop request while this waits."""
+        self._pause = pause
         try:
-            with self.locked():
+            with self.locked(pause):
                 self.records.reload()
                 self._compact()
                 outcome = self._locked(seen, force)
                 self._save()
                 return outcome
+        except Stopping as exc:
+            return Outcome(Kind.STOPPED, seen, str(exc))
         except LockError as exc:
             return Outcome(Kind.BUSY, seen, str(exc), retry_after_s=5.0)
+        finally:
+            self._pause = no_pause
 
     def _save(self) -> None:
         try:
@@ -247,7 +274,7 @@ class Coordinator:
         log.info("refreshing %s (expires %.0f s from now)", cred.fingerprint,
                  cred.expires_at - now)
         try:
-            result = self.refresher.refresh(cred)
+            result = self._send(cred)
         except InvalidGrantError as exc:
             return self._refused(cred, now, "the token server refused the refresh token",
                                  str(exc))
@@ -259,6 +286,26 @@ class Coordinator:
             self.records.set_problem(state, now, str(exc), cred.fingerprint)
             return Outcome(Kind.TRANSIENT, cred, str(exc), exc.retry_after_s)
         return self._answered(cred, result)
+
+    def _send(self, cred: Credential) -> RefreshResultLike:
+        """The request, on a worker thread while the loop keeps handling its events: a stop
+        request is honoured within the service manager's deadline even mid-refresh."""
+        if self._pause is no_pause:
+            return self.refresher.refresh(cred)
+        call = _Call(lambda: self.refresher.refresh(cred), self._keep_late_answer)
+        while not call.done.wait(0):
+            if self._pause(POLL_S):
+                if call.done.wait(STOP_GRACE_S):
+                    break
+                call.abandon()
+                raise Stopping("stopped while the token server was answering; its answer, "
+                               "if it comes in time, is kept in the state dir")
+        return call.outcome()
+
+    def _keep_late_answer(self, result: RefreshResultLike) -> None:
+        # The loop has gone; the one thing that must not be lost is a rotated login.
+        with contextlib.suppress(StoreError):
+            self.ledger.save_last_good(result.credential)
 
     def _release(self, cred: Credential, now: float) -> None:
         try:
@@ -300,6 +347,57 @@ class Coordinator:
         # revoke the whole family. Say so, once, and never loop.
         reason = "the answer to a refresh was lost, so the login may have been rotated away"
         return self._refused(cred, now, reason, why)
+
+
+class Stopping(LockError):
+    """The agent was asked to stop while a refresh waited for a lock or an answer."""
+
+
+def _acquire(lock: FileLock | MkdirLock, wait_s: float, pause: Pause) -> None:
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            lock.acquire(max(0.0, min(LOCK_SLICE_S, deadline - time.monotonic())))
+            return
+        except LockError:
+            if time.monotonic() >= deadline:
+                raise
+        if pause(0):
+            raise Stopping("stopped while waiting for a refresh lock")
+
+
+class _Call:
+    """One refresh request on its own thread. An answer that arrives after the loop gave up
+    waiting goes to ``late``."""
+
+    def __init__(self, fn: Callable[[], RefreshResultLike],
+                 late: Callable[[RefreshResultLike], None]) -> None:
+        self.done = threading.Event()
+        self._fn, self._late = fn, late
+        self._result: RefreshResultLike | None = None
+        self._error: BaseException | None = None
+        self._abandoned = False
+        threading.Thread(target=self._run, name="credsync-refresh", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self._result = self._fn()
+        except BaseException as exc:  # handed to the waiting thread as it is
+            self._error = exc
+        self.done.set()
+        if self._abandoned and self._result is not None:
+            self._late(self._result)
+
+    def abandon(self) -> None:
+        self._abandoned = True
+        if self.done.is_set() and self._result is not None:
+            self._late(self._result)
+
+    def outcome(self) -> RefreshResultLike:
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
 
 
 class BackoffLike(Protocol):
@@ -349,7 +447,7 @@ class RefreshDriver:
             return None
         return self.retry_at if self.retry_at is not None else self.deadline
 
-    def due(self, now: float) -> Outcome | None:
+    def due(self, now: float, pause: Pause = no_pause) -> Outcome | None:
         """Refresh when due; None when nothing was due."""
         at = self.next_at()
         if at is None or now < at or self.current is None:
@@ -359,13 +457,13 @@ class RefreshDriver:
             # login woke too; a short random delay keeps them from stampeding the server.
             self.retry_at = now + self.rng.uniform(*STAMPEDE_DELAY_S)
             return None
-        outcome = self.coordinator.run(self.current)
+        outcome = self.coordinator.run(self.current, pause=pause)
         self.last = outcome
         self._after(outcome, now)
         return outcome
 
     def _after(self, outcome: Outcome, now: float) -> None:
-        if outcome.kind in (Kind.TRANSIENT, Kind.BUSY):
+        if outcome.kind in (Kind.TRANSIENT, Kind.BUSY, Kind.STOPPED):
             self.retry_at = now + self.backoff.delay(self.attempt, outcome.retry_after_s)
             self.attempt += 1
             return
