@@ -39,7 +39,7 @@ import pytest
 from agent import lockowner
 from agent.credential import Credential, fingerprint_of
 from agent.filelock import FileLock
-from agent.ledger import Journal, Ledger
+from agent.ledger import Journal, Ledger, token_hash
 from agent.sim.server import OAuthServer
 from agent.sim.session import SimSession
 from agent.stores.claude_file import ClaudeFileStore
@@ -91,6 +91,7 @@ class CrashWorld:
         self.server.on_token_request = self.requests.set
         self.dirs = [root / "cfg0", root / "cfg1"]
         self.state = root / "state"
+        self.ledger = Ledger(self.state, self.dirs)
         self.sinks = [SinkStore(root / "sinks" / "token", "access-token"),
                       SinkStore(root / "sinks" / "claude" / ".credentials.json", "claude")]
         self.files = [ClaudeFileStore(d) for d in self.dirs]
@@ -122,7 +123,7 @@ class CrashWorld:
             if agent.proc.poll() is not None:
                 raise AssertionError(f"agent exited:\n{agent.output()}")
             try:
-                pid = int((self.state / "agent.pid").read_text())
+                pid = int((self.ledger.path / "agent.pid").read_text())
             except (OSError, ValueError):
                 return False
             return pid == agent.proc.pid and agent.stats(self.state).get("updated_at", 0) >= t0
@@ -138,6 +139,10 @@ class CrashWorld:
         """How many requests presented each refresh token fingerprint and were redeemed."""
         return Counter(r.fingerprint for r in self.server.log() if r.outcome in ("rotated", "lost"))
 
+    def log_tail(self) -> str:
+        path = self.root / "log" / "credsync.log"
+        return path.read_text()[-4000:] if path.exists() else ""
+
     def presented(self, fp: str) -> int:
         return sum(1 for r in self.server.log() if r.fingerprint == fp)
 
@@ -152,12 +157,12 @@ class CrashWorld:
         for sink in self.sinks:
             reading = sink.read()
             assert reading.state.value in ("valid", "missing"), f"{sink.name}: {reading.detail}"
-        last_good = Ledger(self.state).load_last_good()
-        if (self.state / "last-good.json").exists():
+        last_good = self.ledger.load_last_good()
+        if self.ledger.file("last-good.json").exists():
             assert last_good is not None, "last-good.json does not parse"
             creds.append(last_good)
-        for name in ("agent.json", "refresh.json"):
-            path = self.state / name
+        for name in ("agent.json", "login.json", "memory.json"):
+            path = self.ledger.file(name)
             if path.exists():
                 assert isinstance(json.loads(path.read_text()), dict), name
         self.tally.temp_files.update(self.temp_files())
@@ -176,7 +181,7 @@ class CrashWorld:
 
     def temp_files(self) -> list[Path]:
         found: list[Path] = []
-        for d in [*self.dirs, self.state, *(s.path.parent for s in self.sinks)]:
+        for d in [*self.dirs, self.state, self.ledger.path, *(s.path.parent for s in self.sinks)]:
             found += [p for p in d.glob(".*.tmp")]
         return found
 
@@ -189,7 +194,7 @@ class CrashWorld:
         """The stores in step and the login accounted for; None while not (yet) so."""
         spent = self.spent()  # read first: a token unspent now was the family's newest then
         creds = [s.read().valid for s in self.files]
-        last_good = Ledger(self.state).load_last_good()
+        last_good = self.ledger.load_last_good()
         first = creds[0]
         if first is None or not all(first.same_tokens(c) for c in [*creds[1:], last_good]):
             return None
@@ -199,17 +204,10 @@ class CrashWorld:
         fp = fingerprint_of(first.refresh_token)
         if spent[fp] == 0 and not Journal(self.state / "journal").was_sent(first.refresh_token):
             return first, "kept"
-        auth = self.auth()
-        if auth.get("state") == "relogin-required" and auth.get("fingerprint") == first.fingerprint:
+        if token_hash(first.refresh_token) in self.ledger.journal.read().rejected:
+            # refused or lost: the winner rule says relogin-required for it, everywhere
             return first, "relogin-lost" if spent[fp] else "relogin-unsent"
         return None
-
-    def auth(self) -> dict[str, object]:
-        try:
-            obj = json.loads((self.state / "refresh.json").read_text()).get("auth", {})
-        except (OSError, ValueError):
-            return {}
-        return obj if isinstance(obj, dict) else {}
 
     def locks_free(self) -> bool:
         if self.lock_dirs():
@@ -249,12 +247,15 @@ class CrashWorld:
                               str(self.config)], cwd=REPO, capture_output=True, text=True,
                              timeout=60)
         assert out.returncode == 3 and out.stdout.startswith("relogin-required"), out
-        assert self.presented(fp) == before <= 1, "a spent refresh token was sent again"
+        assert self.presented(fp) == before <= 1, (
+            "a spent refresh token was sent again: "
+            f"{[r for r in self.server.log() if r.fingerprint == fp]}; outcome {outcome}; "
+            f"tally {self.tally}; agent log:\n{self.log_tail()}")
         self.login()
         fresh = self.files[0].read().valid
         assert fresh is not None
         wait_for(lambda: all(s.read().valid == fresh for s in self.files[1:])
-                 and Ledger(self.state).load_last_good() == fresh, SETTLE_S,
+                 and self.ledger.load_last_good() == fresh, SETTLE_S,
                  "the new login everywhere")
 
     # ----- one cycle ---------------------------------------------------------------------

@@ -25,6 +25,7 @@ import pytest
 from agent.credential import ReadState
 from agent.errors import StoreError
 from agent.fsutil import unsafe_dir_reason, unsafe_write_reason
+from agent.ledger import scope_dir
 from agent.sim.server import OAuthServer
 from agent.stores.sink import SinkStore
 from tests.agentproc import REPO, AgentProcess, credsync, wait_for, write_config
@@ -297,7 +298,7 @@ def test_files_0600_and_dirs_0700_whatever_the_umask(tmp_path: Path, server: OAu
     assert agent.returncode == 0, (tmp_path / "agent.out").read_text()
     checked = [p for root in made for p in _walk(root)]
     checked += [d / ".credentials.json" for d in dirs]
-    assert len(checked) >= 15 and (state / "last-good.json") in checked
+    assert len(checked) >= 15 and (scope_dir(state) / "last-good.json") in checked
     for path in checked:
         mode = stat.S_IMODE(path.lstat().st_mode)
         assert mode == (0o700 if path.is_dir() else 0o600), f"{path}: {mode:04o}"
@@ -305,7 +306,7 @@ def test_files_0600_and_dirs_0700_whatever_the_umask(tmp_path: Path, server: OAu
 
 def _stats_rounds(state: Path) -> int:
     try:
-        obj = json.loads((state / "agent.json").read_text())
+        obj = json.loads((scope_dir(state) / "agent.json").read_text())
     except (OSError, ValueError):
         return 0
     rounds = obj.get("rounds", 0)

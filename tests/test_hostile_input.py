@@ -50,6 +50,7 @@ from agent.credential import (
 )
 from agent.errors import ConfigError, StoreError
 from agent.ledger import Ledger
+from agent.reconcile import Reconciler
 from agent.sim.server import OAuthServer
 from agent.status import collect, iso, render_text
 from agent.stores.base import Store
@@ -368,7 +369,8 @@ def test_the_agent_survives_any_stores_and_state(files: list[bytes], item: str |
             agent.reconcile()
             clock.advance(GARBAGE_GRACE_S + 0.1)
             report = agent.reconcile()  # garbage now settled: repaired, if there is a login
-            status = collect(stores, Ledger(root / "state"), "c.toml", clock.now())
+            status = collect(Reconciler(stores, Ledger(root / "state"), clock), "c.toml",
+                             clock.now())
             json.dumps(status.to_json())
             render_text(status)
         finally:
@@ -557,7 +559,9 @@ ENV_NAMES = ["CREDSYNC_SINKS", *(f"CREDSYNC_{s.upper()}" for s in SECTIONS),
                for k in keys)]
 env_names = st.sampled_from(ENV_NAMES) | st.sampled_from(ENV_NAMES).map(str.lower) | st.text(
     string.ascii_uppercase + "_", min_size=1, max_size=8).map(lambda s: "CREDSYNC_" + s)
-env_values = st.text(st.characters(blacklist_characters="\x00"), max_size=30) | toml_values.map(
+# No NUL and no lone surrogates: neither can be put in a real process environment.
+env_chars = st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",))
+env_values = st.text(env_chars, max_size=30) | toml_values.map(
     lambda v: json.dumps(v, default=str)) | st.sampled_from([str(v) for v in PLAUSIBLE])
 
 

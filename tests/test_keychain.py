@@ -18,6 +18,7 @@ from keyring.backends import SecretService, chainer, fail, null
 
 from agent.credential import Credential, ReadState
 from agent.errors import KeychainUnavailable, StoreError
+from agent.ledger import scope_key
 from agent.stores import keychain
 from agent.stores.keychain import (
     BlockingKeyring,
@@ -112,9 +113,10 @@ def search_all(keyring: RealKeyring, service: str,
 def test_what_the_store_writes_is_what_secret_tool_sees(real_keyring: RealKeyring,
                                                         backend: KeychainBackend,
                                                         calls: KeychainCalls) -> None:
-    [store] = keychain_stores([Path("/x/.claude")], backend, platform="linux", calls=calls)
+    [store] = keychain_stores([Path.home() / ".claude"], backend, platform="linux",
+                              calls=calls)
     assert store.write(cred(1)) is True
-    seen = real_keyring.lookup("credsync", "claude-code")
+    seen = real_keyring.lookup("credsync", "claude-code")  # the default dir's plain name
     assert seen is not None
     assert json.loads(seen) == {"claudeAiOauth": cred(1).to_json_obj()}
     assert store.write(cred(2)) is True  # replaced, not added
@@ -526,9 +528,13 @@ def test_macos_gets_one_store_per_config_dir_sharing_one_worker(calls: KeychainC
 
 def test_elsewhere_one_item_of_credsyncs_own(calls: KeychainCalls) -> None:
     stores = keychain_stores([HOME / "a", HOME / "b"], MemoryKeyring(), platform="linux",
-                             calls=calls)
+                             home=HOME, calls=calls)
+    # one item per set of config dirs: two logins never share a copy (F2)
     assert [(s.name, s.service, s.account) for s in stores] == [
-        ("keychain", "credsync", "claude-code")]
+        ("keychain", "credsync", f"claude-code/{scope_key([HOME / 'a', HOME / 'b'])}")]
+    [default] = keychain_stores([HOME / ".claude"], MemoryKeyring(), platform="linux",
+                                home=HOME, calls=calls)
+    assert default.account == "claude-code"
 
 
 def test_a_started_write_runs_while_the_caller_goes_on() -> None:

@@ -33,6 +33,7 @@ from agent.clock import FakeClock
 from agent.config import NotifySection
 from agent.credential import Credential, fingerprint_of, parse_document
 from agent.errors import CredsyncError, StoreError
+from agent.ledger import scope_dir
 from agent.refresher import HttpRefresher
 from agent.sim.server import OAuthServer
 from agent.stores.keychain import OWN_SERVICE, own_account
@@ -139,11 +140,10 @@ class World:
 
     def auth_state(self) -> str:
         try:
-            obj = json.loads((self.state / "refresh.json").read_text())
+            obj = json.loads((scope_dir(self.state) / "agent.json").read_text())
         except (OSError, ValueError):
             return ""
-        auth = obj.get("auth")
-        return str(auth.get("state", "")) if isinstance(auth, dict) else ""
+        return str(obj.get("login") or "")
 
 
 @pytest.fixture
@@ -266,7 +266,7 @@ def test_no_token_leaks_from_any_scenario(world: World) -> None:
     for name, text in world.outputs.items():
         assert not found_in(text, tokens), f"token in {name}: {text}"
 
-    last_good = world.state / "last-good.json"
+    last_good = scope_dir(world.state) / "last-good.json"
     assert stat.S_IMODE(last_good.stat().st_mode) == 0o600
     stores = {*(d / ".credentials.json" for d in world.dirs), *world.sinks, last_good}
     keychain_files = world.keyring.root / "data" / "keyrings"
@@ -287,7 +287,7 @@ def test_no_token_leaks_from_any_scenario(world: World) -> None:
 
     # The scan looked at what matters, and would have seen a token.
     names = {p.name for p in regular_files(world.root)}
-    assert {"credsync.log", "agent.json", "refresh.json", "journal", "alerts.json",
+    assert {"credsync.log", "agent.json", "login.json", "journal", "alerts.json",
             "received.jsonl", "config.stderr"} <= names, names
     assert scanned >= 10
     log_text = world.log.read_text()

@@ -18,7 +18,7 @@ from platformdirs.unix import Unix
 from agent import tokennote
 from agent.config import config_path, load_settings
 from agent.credential import Credential
-from agent.ledger import Ledger
+from agent.ledger import Ledger, scope_dir
 from agent.runtime import note_allowed, valid_token
 from agent.tokennote import Note, lookup, note_file, resolve_config
 from tests.agentproc import write_config
@@ -115,7 +115,7 @@ def test_any_changed_input_misses(tmp_path: Path, cache: Path, monkeypatch: pyte
         with open(state / "journal", "a") as fh:
             fh.write("+abc\n")
     elif change == "last-good changed":
-        (state / "last-good.json").write_text(json.dumps({"claudeAiOauth": {}}))
+        (scope_dir(state) / "last-good.json").write_text(json.dumps({"claudeAiOauth": {}}))
     elif change == "other cwd with a relative CLAUDE_CONFIG_DIR":
         (tmp_path / "elsewhere").mkdir()
         monkeypatch.chdir(tmp_path / "elsewhere")
@@ -205,7 +205,7 @@ def test_a_token_held_only_in_the_last_good_copy_is_answered_from_there(tmp_path
                                                                        cache: Path) -> None:
     path = setup(tmp_path)
     newer = fresh(hours=7.5)  # the guardian's copy, fresher than both files
-    Ledger(tmp_path / "state").save_last_good(newer)
+    Ledger(tmp_path / "state", [tmp_path / "cfg0", tmp_path / "cfg1"]).save_last_good(newer)
     assert full_token(path) == newer.access_token
     assert json.loads(cache.read_text())["winner"][0].endswith("last-good.json")
     assert lookup(str(path)) == newer.access_token
