@@ -121,6 +121,8 @@ def test_unwritable_log_file_falls_back_to_stderr(tmp_path: Path,
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
     setup_logging("info", blocker / "credsync.log", stderr=False)
-    logging.getLogger("credsync.test").info("still heard")
+    logging.getLogger("credsync.test").warning("still heard")
+    # A one-shot command (stderr=False) keeps its output to one line: no chatter on stderr.
+    logging.getLogger("credsync.test").info("not shown")
     err = capsys.readouterr().err
-    assert "cannot open log file" in err and "still heard" in err
+    assert "cannot open log file" in err and "still heard" in err and "not shown" not in err
