@@ -52,6 +52,20 @@ class RedactingFilter(logging.Filter):
 class PrivateRotatingFileHandler(RotatingFileHandler):
     """A rotating log whose files are created 0600 whatever the umask, rotations included."""
 
+    _reported = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        """One line on stderr, once: Python's default prints a traceback for every record that
+        cannot be written (a full disk, a rotation blocked by a directory in the way)."""
+        if self._reported or sys.stderr is None:
+            return
+        self._reported = True
+        exc = sys.exc_info()[1]
+        reason = (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)) \
+            or type(exc).__name__
+        sys.stderr.write(f"credsync: cannot write log file {self.baseFilename}: {reason}; "
+                         "fix it or set [agent] log_file (messages go to stderr only)\n")
+
     def _open(self) -> TextIOWrapper:
         # Only a regular file, opened without blocking: a FIFO there (no reader) would hang
         # every command at start-up, past SIGTERM. A symlink is followed: the path is the
