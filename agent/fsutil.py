@@ -70,7 +70,7 @@ def atomic_write(path: Path, data: bytes, mode: int = PRIVATE_FILE) -> Signature
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     except OSError as exc:  # a directory we may not write (or a full inode table): no temp
-        raise StoreError(f"cannot write {target}: {exc.strerror or exc}") from exc
+        raise StoreError(_write_error(target, exc)) from exc
     try:
         try:
             os.fchmod(fd, mode)
@@ -85,10 +85,26 @@ def atomic_write(path: Path, data: bytes, mode: int = PRIVATE_FILE) -> Signature
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise StoreError(f"cannot write {target}: {exc.strerror or exc}") from exc
+        raise StoreError(_write_error(target, exc)) from exc
     with contextlib.suppress(OSError):
         fsync_dir(target.parent)
     return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+_WRITE_HINTS = {
+    errno.EISDIR: "a directory is in the way: move it away",
+    errno.ENOTDIR: "a part of the path is a file, not a directory: fix the path",
+    errno.EACCES: "fix the permissions of the file and its directory (u+rwx)",
+    errno.EPERM: "fix the permissions of the file and its directory (u+rwx)",
+    errno.ENOSPC: "the disk is full: free some space",
+    getattr(errno, "EDQUOT", -1): "over the disk quota: free some space",
+    errno.EROFS: "the filesystem is read-only: choose a writable location",
+}
+
+
+def _write_error(target: Path, exc: OSError) -> str:
+    hint = _WRITE_HINTS.get(exc.errno or 0)
+    return f"cannot write {target}: {exc.strerror or exc}" + (f"; {hint}" if hint else "")
 
 
 def read_bytes(path: Path, limit: int) -> bytes | None:

@@ -253,3 +253,13 @@ def test_a_lock_file_that_is_not_a_file_is_a_store_error_not_busy(tmp_path: Path
     replace_with(tmp_path / "refresh.lock", kind)
     with pytest.raises(StoreError, match=r"refresh\.lock"):
         FileLock(tmp_path / "refresh.lock").acquire(5)
+
+
+def test_run_with_a_directory_as_its_pid_file_ends_in_one_line_with_the_fix(
+        tmp_path: Path, server: OAuthServer) -> None:
+    world = World(tmp_path, server)
+    (world.state / "agent.pid").mkdir()
+    out = credsync(["run", "--config", str(world.config)], timeout=TIMEOUT_S)
+    assert out.returncode == 1
+    assert_one_line(out, world.state / "agent.pid")
+    assert "move it away" in out.stderr
