@@ -70,7 +70,7 @@ def errors_to_exit() -> Iterator[None]:
 
 def os_error_line(exc: OSError) -> str:
     """One line for an unexpected OSError: the file it names and what to do about it."""
-    where = exc.filename if exc.filename is not None else None
+    where = exc.filename
     reason = exc.strerror or str(exc)
     if where is None:
         return f"{reason}; move it away or fix it (credsync needs a plain, readable file there)"

@@ -138,7 +138,7 @@ def kind_of(mode: int) -> str:
                         (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symlink")):
         if test(mode):
             return words
-    return "not a regular file"
+    return "an unusual file"
 
 
 def _not_regular(path: Path, mode: int) -> StoreError:
@@ -182,7 +182,8 @@ def open_regular(path: Path, flags: int, mode: int = PRIVATE_FILE,
 
 def _clear_nonblock(fd: int) -> None:
     # Meaningless for a regular file today, but whoever reads the descriptor expects blocking I/O.
-    if hasattr(os, "set_blocking"):
+    # Only where it was set: Windows has no O_NONBLOCK (and set_blocking there is for pipes).
+    if hasattr(os, "O_NONBLOCK"):
         os.set_blocking(fd, True)
 
 
