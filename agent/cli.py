@@ -18,6 +18,7 @@ if __name__ == "__main__":
     if _code is not None:
         sys.exit(_code)
 
+import errno
 import json
 import logging
 import os
@@ -36,7 +37,8 @@ from agent.errors import ConfigError, CredsyncError
 EXIT_FAILURE, EXIT_CONFIG, EXIT_RELOGIN = 1, 2, 3
 
 config_option = click.option(
-    "--config", "config_path", type=click.Path(path_type=Path), default=None,
+    # readable=False: an unreadable file is load()'s to report, in one line with the fix.
+    "--config", "config_path", type=click.Path(path_type=Path, readable=False), default=None,
     help="Config file (default: $CREDSYNC_CONFIG, else the user config dir).")
 
 
@@ -60,12 +62,42 @@ def errors_to_exit() -> Iterator[None]:
         fail(str(exc), EXIT_RELOGIN)
     except CredsyncError as exc:
         fail(str(exc))
+    except OSError as exc:
+        # Last resort: every boundary maps its OSErrors to a CredsyncError, but a file that is
+        # a directory, a FIFO or unreadable must never show a traceback even where one slips.
+        fail(os_error_line(exc))
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an unexpected OSError: the file it names and what to do about it."""
+    where = exc.filename
+    reason = exc.strerror or str(exc)
+    if where is None:
+        return f"{reason}; move it away or fix it (credsync needs a plain, readable file there)"
+    hint = _OS_HINTS.get(exc.errno or 0, "check that file")
+    return f"cannot use {where}: {reason}; {hint}"
+
+
+_OS_HINTS = {
+    errno.EACCES: "fix its permissions (chmod u+rw, u+rwx on its directory) or remove it",
+    errno.EPERM: "fix its permissions (chmod u+rw, u+rwx on its directory) or remove it",
+    errno.EISDIR: "move that directory away, credsync needs a plain file there",
+    errno.ENOTDIR: "a part of that path is a file, not a directory: fix the path",
+    errno.ELOOP: "it is a symlink loop: remove the link or point it at a file",
+    errno.ENXIO: "it is a FIFO or a device: move it away, credsync needs a plain file there",
+    errno.ENOSPC: "the disk is full: free some space",
+    errno.EROFS: "the filesystem is read-only: choose a writable location",
+}
 
 
 def load(config_path: Path | None) -> tuple[Any, Path]:
     from agent.config import load_settings
 
-    return load_settings(config_path)
+    try:
+        return load_settings(config_path)
+    except OSError as exc:  # e.g. a config dir we may not search: a config problem, exit 2
+        raise ConfigError([f"{os_error_line(exc)}; or point --config at the config file"]) \
+            from exc
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -143,8 +175,13 @@ def token(config_path: Path | None) -> None:
         from agent.config import config_path as chosen_config
         from agent.tokennote import Note
 
-        note = Note(str(config_path) if config_path is not None else None)
-        note.begin(str(chosen_config(config_path)))  # read before the settings are
+        note: Note | None = None
+        fresh = Note(str(config_path) if config_path is not None else None)
+        try:
+            fresh.begin(str(chosen_config(config_path)))  # read before the settings are
+            note = fresh
+        except OSError:
+            pass  # an unreadable config file: no note this time, load() below says why
         settings, _ = load(config_path)
         quiet_logging(settings)
         from agent.runtime import valid_token

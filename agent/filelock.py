@@ -13,18 +13,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from agent.errors import LockError
-from agent.fsutil import PRIVATE_FILE, atomic_write, ensure_private_dir
+from agent.errors import LockError, StoreError
+from agent.fsutil import PRIVATE_FILE, atomic_write, ensure_private_dir, open_regular
 
 if TYPE_CHECKING:  # imported when a lock is taken: `credsync token` usually takes none
     import portalocker
 
 
-def _touch_private(path: Path) -> None:
-    # portalocker creates the file with the umask's mode; create it 0600 first ourselves.
-    ensure_private_dir(path.parent)
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY, PRIVATE_FILE)
-    os.close(fd)
+def _lock_opener(path: str, flags: int) -> int:
+    """How portalocker opens a lock file: created 0600 whatever the umask, and only ever a
+    regular file, never through a symlink. A FIFO there would block the open forever (past
+    SIGTERM), a directory would fail with a traceback."""
+    return open_regular(Path(path), flags | os.O_CREAT, PRIVATE_FILE)
 
 
 class FileLock:
@@ -34,15 +34,20 @@ class FileLock:
         self._fh: IO[Any] | None = None
 
     def acquire(self, timeout_s: float) -> IO[Any]:
-        _touch_private(self.path)
+        """Take the lock within ``timeout_s``: LockError when another process holds it,
+        StoreError (naming the file and the fix) when the lock file itself is unusable."""
+        ensure_private_dir(self.path.parent)
         import portalocker
 
         lock = portalocker.Lock(str(self.path), mode="r+", timeout=timeout_s,
-                                check_interval=0.02, fail_when_locked=False)
+                                check_interval=0.02, fail_when_locked=False,
+                                opener=_lock_opener)
         try:
             fh: IO[Any] = lock.acquire()
         except portalocker.exceptions.LockException as exc:
             raise LockError(f"{self.path} is held by another credsync process") from exc
+        except OSError as exc:  # the opener maps what it knows; anything else lands here
+            raise StoreError(f"cannot use {self.path}: {exc.strerror or exc}") from exc
         self._lock, self._fh = lock, fh
         return fh
 

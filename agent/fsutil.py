@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import stat
@@ -69,7 +70,7 @@ def atomic_write(path: Path, data: bytes, mode: int = PRIVATE_FILE) -> Signature
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     except OSError as exc:  # a directory we may not write (or a full inode table): no temp
-        raise StoreError(f"cannot write {target}: {exc.strerror or exc}") from exc
+        raise StoreError(_write_error(target, exc)) from exc
     try:
         try:
             os.fchmod(fd, mode)
@@ -84,10 +85,26 @@ def atomic_write(path: Path, data: bytes, mode: int = PRIVATE_FILE) -> Signature
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise StoreError(f"cannot write {target}: {exc.strerror or exc}") from exc
+        raise StoreError(_write_error(target, exc)) from exc
     with contextlib.suppress(OSError):
         fsync_dir(target.parent)
     return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+_WRITE_HINTS = {
+    errno.EISDIR: "a directory is in the way: move it away",
+    errno.ENOTDIR: "a part of the path is a file, not a directory: fix the path",
+    errno.EACCES: "fix the permissions of the file and its directory (u+rwx)",
+    errno.EPERM: "fix the permissions of the file and its directory (u+rwx)",
+    errno.ENOSPC: "the disk is full: free some space",
+    getattr(errno, "EDQUOT", -1): "over the disk quota: free some space",
+    errno.EROFS: "the filesystem is read-only: choose a writable location",
+}
+
+
+def _write_error(target: Path, exc: OSError) -> str:
+    hint = _WRITE_HINTS.get(exc.errno or 0)
+    return f"cannot write {target}: {exc.strerror or exc}" + (f"; {hint}" if hint else "")
 
 
 def read_bytes(path: Path, limit: int) -> bytes | None:
@@ -112,6 +129,82 @@ def read_bytes(path: Path, limit: int) -> bytes | None:
         raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from exc
     finally:
         os.close(fd)
+
+
+def kind_of(mode: int) -> str:
+    """What a non-regular file is, in words for a message."""
+    for test, words in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                        (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"),
+                        (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symlink")):
+        if test(mode):
+            return words
+    return "an unusual file"
+
+
+def _not_regular(path: Path, mode: int) -> StoreError:
+    return StoreError(f"cannot use {path}: not a regular file ({kind_of(mode)}); move it "
+                      "away, credsync needs a plain file there")
+
+
+def open_regular(path: Path, flags: int, mode: int = PRIVATE_FILE,
+                 follow: bool = False) -> int:
+    """Open ``path`` as a regular file and return the descriptor, or raise StoreError (one line
+    naming the file and the fix). FileNotFoundError passes through when ``flags`` lack O_CREAT.
+
+    The open never blocks: a FIFO with no peer would hang the open itself (a read-only open
+    waits for a writer), so it is opened O_NONBLOCK, checked with fstat and refused, and the
+    flag is cleared again for a regular file. Without ``follow`` a symlink is refused too
+    (O_NOFOLLOW): credsync's own state and lock files are never links, and following one lets
+    whoever made it choose where we write.
+    """
+    extra = getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    if not follow:
+        extra |= getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags | extra, mode)
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        if flags & os.O_CREAT:
+            raise StoreError(f"cannot use {path}: {exc.strerror}; check that its directory "
+                             "exists and is a directory") from exc
+        raise FileNotFoundError(exc.errno, exc.strerror, str(path)) from exc
+    except OSError as exc:
+        raise _open_error(path, exc, follow) from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_regular(path, st.st_mode)
+        _clear_nonblock(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _clear_nonblock(fd: int) -> None:
+    # Meaningless for a regular file today, but whoever reads the descriptor expects blocking I/O.
+    # Only where it was set: Windows has no O_NONBLOCK (and set_blocking there is for pipes).
+    if hasattr(os, "O_NONBLOCK"):
+        os.set_blocking(fd, True)
+
+
+def _open_error(path: Path, exc: OSError, follow: bool) -> StoreError:
+    """One line for an open that failed: what is wrong with ``path`` and what to do."""
+    if exc.errno == errno.ELOOP:
+        if not follow and os.path.islink(path):
+            return StoreError(f"cannot use {path}: it is a symlink, which credsync does not "
+                              "follow here; remove it (credsync recreates the file)")
+        return StoreError(f"cannot use {path}: it is a symlink loop; remove the link or "
+                          "point it at a file")
+    if exc.errno == errno.ENXIO:  # O_WRONLY|O_NONBLOCK on a FIFO with no reader
+        return StoreError(f"cannot use {path}: not a regular file (a FIFO); move it away, "
+                          "credsync needs a plain file there")
+    if exc.errno == errno.EISDIR:
+        return StoreError(f"cannot use {path}: not a regular file (a directory); move it "
+                          "away, credsync needs a plain file there")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return StoreError(f"cannot use {path}: permission denied; run `chmod u+rw {path}` "
+                          "(and u+rwx on its directory) or remove it")
+    return StoreError(f"cannot use {path}: {exc.strerror or exc}")
 
 
 def stat_signature(path: Path) -> Signature | None:

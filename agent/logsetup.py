@@ -16,7 +16,7 @@ from typing import TextIO
 
 from agent.credential import redact
 from agent.errors import ConfigError, StoreError
-from agent.fsutil import PRIVATE_FILE, ensure_private_dir
+from agent.fsutil import PRIVATE_FILE, ensure_private_dir, open_regular
 
 __all__ = ["LOGGER_NAMES", "PrivateRotatingFileHandler", "RedactingFilter", "redact",
            "setup_logging", "shutdown_logging"]
@@ -52,8 +52,26 @@ class RedactingFilter(logging.Filter):
 class PrivateRotatingFileHandler(RotatingFileHandler):
     """A rotating log whose files are created 0600 whatever the umask, rotations included."""
 
+    _reported = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        """One line on stderr, once: Python's default prints a traceback for every record that
+        cannot be written (a full disk, a rotation blocked by a directory in the way)."""
+        if self._reported or sys.stderr is None:
+            return
+        self._reported = True
+        exc = sys.exc_info()[1]
+        reason = (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)) \
+            or type(exc).__name__
+        sys.stderr.write(f"credsync: cannot write log file {self.baseFilename}: {reason}; "
+                         "fix it or set [agent] log_file (messages go to stderr only)\n")
+
     def _open(self) -> TextIOWrapper:
-        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE)
+        # Only a regular file, opened without blocking: a FIFO there (no reader) would hang
+        # every command at start-up, past SIGTERM. A symlink is followed: the path is the
+        # user's choice. StoreError names the file and the fix.
+        fd = open_regular(Path(self.baseFilename), os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                          PRIVATE_FILE, follow=True)
         if hasattr(os, "fchmod"):  # an existing file created under another umask is tightened
             os.fchmod(fd, PRIVATE_FILE)
         return os.fdopen(fd, "a", encoding=self.encoding, errors=self.errors)
@@ -79,9 +97,13 @@ def setup_logging(level: str, log_file: Path | None, stderr: bool = True) -> Non
         try:
             handlers.append(_file_handler(log_file))
         except (OSError, StoreError) as exc:
-            problem = f"cannot open log file {log_file} ({exc}); logging to stderr only"
+            problem = f"{_reason(log_file, exc)}; logging to stderr only" if stderr else \
+                f"{_reason(log_file, exc)}; only warnings are shown, on stderr"
     if (stderr or problem) and sys.stderr is not None:  # None under pythonw on Windows
-        handlers.append(_StderrHandler(sys.stderr))
+        to_stderr = _StderrHandler(sys.stderr)
+        if not stderr:  # a one-shot command's output stays its one line: warnings only
+            to_stderr.setLevel(logging.WARNING)
+        handlers.append(to_stderr)
     if not handlers:
         # Quiet on purpose (a one-shot command with no log file): not Python's stderr fallback.
         handlers.append(logging.NullHandler())
@@ -107,6 +129,13 @@ def shutdown_logging() -> None:
             if isinstance(handler, (PrivateRotatingFileHandler, _StderrHandler)):
                 logger.removeHandler(handler)
                 handler.close()
+
+
+def _reason(log_file: Path, exc: Exception) -> str:
+    if isinstance(exc, StoreError):  # already names the file and the fix
+        return f"cannot open log file: {exc}"
+    strerror = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return f"cannot open log file {log_file}: {strerror}; fix it or set [agent] log_file"
 
 
 def _file_handler(log_file: Path) -> PrivateRotatingFileHandler:

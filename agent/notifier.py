@@ -56,6 +56,7 @@ __all__ = [
     "WebhookNotifier",
     "build_notifier",
     "default_probe",
+    "desktop_problem",
 ]
 
 log = logging.getLogger(__name__)
@@ -66,11 +67,19 @@ PROBE_TIMEOUT_S = 1.0
 DESKTOP_TIMEOUT_S = 5.0
 COMMAND_TIMEOUT_S = 10.0
 WEBHOOK_TIMEOUT_S = 10.0
-# Variables a notify command must not inherit: our own settings (client_secret) and the token
-# variable credsync's env-format sinks write by default.
-_WITHHELD_PREFIX = "CREDSYNC_"
-_WITHHELD_NAMES = frozenset({"CLAUDE_CODE_OAUTH_TOKEN"})
+# What a notify command inherits from the agent: only what a program needs to run and to reach
+# the user's session. Everything else stays behind: the agent's environment can hold secrets
+# (CREDSYNC_* settings with client_secret, ANTHROPIC_API_KEY, CLAUDE_CODE_OAUTH_TOKEN, cloud
+# credentials), and a notify hook has no use for them. The Windows names let a program start there.
+_PASSED_NAMES = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "DISPLAY",
+    "WAYLAND_DISPLAY", "DBUS_SESSION_BUS_ADDRESS", "XDG_RUNTIME_DIR",
+    "SYSTEMROOT", "WINDIR", "COMSPEC", "PATHEXT", "TEMP", "TMP", "USERPROFILE",
+})
+_PASSED_PREFIX = "LC_"
 _STDERR_TAIL = 300
+NOT_INSTALLED = ("desktop-notifier is not installed; reinstall credsync "
+                 "(`pip install credsync` brings it)")
 
 T = TypeVar("T")
 
@@ -220,8 +229,7 @@ class DesktopNotifier:
         try:
             dispatched = self._dispatch(notice)
         except ImportError:
-            return _report(self.name, Outcome.UNREACHABLE,
-                           "desktop-notifier is not installed (pip install 'credsync[notify]')")
+            return _report(self.name, Outcome.UNREACHABLE, NOT_INSTALLED)
         except asyncio.TimeoutError:
             self._reset()
             return _report(self.name, Outcome.FAILED,
@@ -265,9 +273,9 @@ class DesktopNotifier:
 
 
 def command_env(base: Mapping[str, str], notice: Notice) -> dict[str, str]:
-    """The notify command's environment: ours minus secrets, plus the notice."""
+    """The notify command's environment: a minimal session environment, plus the notice."""
     env = {k: v for k, v in base.items()
-           if not k.upper().startswith(_WITHHELD_PREFIX) and k.upper() not in _WITHHELD_NAMES}
+           if k.upper() in _PASSED_NAMES or k.upper().startswith(_PASSED_PREFIX)}
     env.update({
         "CREDSYNC_EVENT": notice.event,
         "CREDSYNC_TITLE": notice.title,
@@ -432,10 +440,43 @@ def _log_delivery(notice: Notice, report: DeliveryReport) -> None:
                     notice.event)
 
 
+def _installed(*modules: str) -> bool:
+    # find_spec, not import: status must stay quick, and importing the library costs more.
+    import importlib.util
+
+    try:
+        return all(importlib.util.find_spec(m) is not None for m in modules)
+    except (ImportError, ValueError):  # a broken install: as good as none
+        return False
+
+
+def desktop_problem(probe: ServerProbe | None = None) -> str | None:
+    """Why a desktop notification cannot be delivered now, in one line with what to do; None
+    when it can. For ``credsync status`` and the agent's start: a missing library or session
+    bus otherwise shows only when an alert is already being lost."""
+    if not _installed("desktop_notifier", *(() if sys.platform in ("darwin", "win32")
+                                            else ("dbus_fast",))):
+        return NOT_INSTALLED
+    result = (probe if probe is not None else default_probe()).check()
+    if result.reachable:
+        return None
+    if not os.environ.get("DBUS_SESSION_BUS_ADDRESS") and sys.platform.startswith("linux"):
+        return ("no desktop session (DBUS_SESSION_BUS_ADDRESS is unset): alerts go to "
+                "[notify] command or webhook only; set one, or run the agent in a desktop login")
+    return (f"no notification server ({result.detail}): alerts go to [notify] command or "
+            "webhook only; start a notification daemon, or set one of those")
+
+
 def build_notifier(settings: NotifySection, *, probe: ServerProbe | None = None) -> FanoutNotifier:
-    """The fan-out for ``[notify]``: desktop if enabled, then command, then webhook."""
+    """The fan-out for ``[notify]``: desktop if enabled, then command, then webhook.
+
+    With the desktop enabled but undeliverable, says so once in the log: this runs once, when
+    the agent starts."""
     channels: list[Channel] = []
     if settings.desktop:
+        problem = desktop_problem(probe)
+        if problem is not None:
+            log.warning("desktop notifications: %s", problem)
         channels.append(DesktopNotifier(probe))
     if settings.command:
         channels.append(CommandNotifier(settings.command))

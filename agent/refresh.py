@@ -77,13 +77,14 @@ class Kind(str, enum.Enum):
     RELOGIN = "relogin-required"
     LOGGED_OUT = "logged-out"  # the user logged out: nothing to refresh
     NONE = "none"  # no login at all
+    UNREADABLE = "unreadable"  # the store holding the login cannot be read now: try again
     BUSY = "busy"  # another process holds the locks
     STOPPED = "stopped"  # the agent was asked to stop meanwhile
 
     @classmethod
     def of_state(cls, state: LoginState) -> Kind:
-        return {LoginState.LOGGED_OUT: cls.LOGGED_OUT,
-                LoginState.RELOGIN: cls.RELOGIN}.get(state, cls.NONE)
+        return {LoginState.LOGGED_OUT: cls.LOGGED_OUT, LoginState.RELOGIN: cls.RELOGIN,
+                LoginState.UNREADABLE: cls.UNREADABLE}.get(state, cls.NONE)
 
     def __str__(self) -> str:
         return self.value

@@ -143,23 +143,100 @@ def _process_stopped(pid: int) -> bool:
     return bool(fields) and fields[0] in ("T", "t")
 
 
-def render_text(status: Status) -> str:
-    shown = status.agent_state + (f" (pid {status.pid})" if status.running else "")
-    lines = [f"config:  {status.config_file}", f"agent:   {shown}"]
+# --- the text view -------------------------------------------------------------------------
+#
+# For people: plain words, no Python reprs. Every string that comes from outside (a config-dir
+# path, a store's detail, a server's error) is escaped, so that a newline or another control
+# character in a directory name cannot forge a row.
+
+_LOGIN_NEXT_STEP = {
+    "none": "no valid login in any store: log in with `claude` (or `claude auth login`)",
+    "expired": "the login has expired: run `credsync refresh`, or start the agent",
+    "relogin-required": "the refresh was refused: log in again with `claude auth login`",
+    "logged-out": "logged out on purpose: log in with `claude` (or `claude auth login`)",
+    "unreadable": "the login's store cannot be read now: see the store rows below",
+}
+_NO_SESSION_HINT = ("no desktop session: run inside a desktop login, or set "
+                    "[claude] keychain = false")
+_SWITCHES = frozenset({"enabled", "active", "desktop"})  # on/off rather than yes/no
+
+
+def clean(text: object) -> str:
+    """``text`` on one line: control and other unprintable characters escaped (\\n, \\x1b)."""
+    value = str(text)
+    if value.isprintable():
+        return value
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in value)
+
+
+def duration(seconds: float) -> str:
+    """28800 -> "8 h", 5400 -> "90 min", 45 -> "45 s", 259200 -> "3 d"."""
+    for unit, size, above in (("d", 86400, 2 * 86400), ("h", 3600, 2 * 3600),
+                              ("min", 60, 2 * 60)):
+        if abs(seconds) >= above:
+            return f"{round(seconds / size, 1):g} {unit}"
+    return f"{round(seconds, 1):g} s"
+
+
+def plain(key: str, value: object) -> str:
+    """One value of an extra section in words: on/off, yes/no, durations, escaped text."""
+    if isinstance(value, bool):
+        return ("on" if value else "off") if key in _SWITCHES else ("yes" if value else "no")
+    if isinstance(value, (int, float)) and key.endswith("_s"):
+        return duration(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(clean(v) for v in value)
+    return clean(value)
+
+
+def _label(key: str) -> str:
+    return clean(key[:-2] if key.endswith("_s") else key)
+
+
+def _section(value: dict[str, Any]) -> str:
+    return ", ".join(f"{_label(str(k))}={plain(str(k), v)}" for k, v in value.items()
+                     if v not in (None, "", []))
+
+
+def _login_line(status: Status) -> str:
     best = status.best
-    login = (f"{status.login_state}, {best.fingerprint}, expires {iso(best.expires_at)}"
-             if best else status.login_state)
-    lines.append(f"login:   {login}")
+    state = clean(status.login_state)
+    login = f"{state}, {best.fingerprint}, expires {iso(best.expires_at)}" if best else state
+    step = _LOGIN_NEXT_STEP.get(status.login_state)
+    return f"{login} ({step})" if step else login
+
+
+def _agent_line(status: Status) -> str:
+    if not status.running:
+        return "not running"
+    pid = f"pid {status.pid}" if status.pid and status.pid > 0 else \
+        "pid unknown: agent.pid is unreadable"
+    return f"{status.agent_state} ({pid})"
+
+
+def _store_detail(s: StoreStatus) -> str:
+    detail = clean(s.detail)
+    if s.kind == "keychain" and "DBUS_SESSION_BUS_ADDRESS" in s.detail:
+        detail += f" ({_NO_SESSION_HINT})"
+    return detail
+
+
+def render_text(status: Status) -> str:
+    lines = [f"config:  {clean(status.config_file)}", f"agent:   {_agent_line(status)}",
+             f"login:   {_login_line(status)}"]
     for key, value in status.extra.items():
         if isinstance(value, dict):
-            shown = ", ".join(f"{k}={v}" for k, v in value.items() if v not in (None, "", []))
-            lines.append(f"{key + ':':<8} {shown}")
+            lines.append(f"{clean(key) + ':':<8} {_section(value)}")
     lines.append("stores:")
-    width = max((len(s.name) for s in status.stores), default=0)
-    for s in status.stores:
-        parts = [f"  {s.name:<{width}}  {s.state:<10}", s.fingerprint or "-",
-                 s.expires_at or "-"]
-        if s.state == "error" or s.state in ("cleared", "logged-out", "missing"):
-            parts.append(s.detail)
+    names = [clean(s.name) for s in status.stores]
+    width = max((len(n) for n in names), default=0)
+    for name, s in zip(names, status.stores, strict=True):
+        parts = [f"  {name:<{width}}  {clean(s.state):<10}", clean(s.fingerprint or "-"),
+                 clean(s.expires_at or "-")]
+        if s.state in ("error", "cleared", "logged-out", "missing"):
+            parts.append(_store_detail(s))
         lines.append("  ".join(p for p in parts if p))
     return "\n".join(lines)

@@ -13,6 +13,7 @@ import contextlib
 import importlib
 import os
 import queue
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,8 @@ WATCHED_EVENTS: list[type[FileSystemEvent]] = [
 # from the same read, so a few milliseconds pair them; an unpaired one costs nothing here, since
 # the handler looks at both paths of every event on their own.
 MOVE_PAIRING_S = 0.02
+# How long ``Watcher.stop`` waits for watchdog to close its watches before leaving it to finish.
+STOP_WAIT_S = 0.3
 
 
 def shorten_move_pairing(delay_s: float = MOVE_PAIRING_S) -> bool:
@@ -142,11 +145,27 @@ class Watcher:
 
     def start(self) -> None:
         self.sync()
+        # Daemonic (watchdog's default, made sure of here): a watch still closing never holds
+        # up the process's exit.
+        self._observer.daemon = True
         self._observer.start()
 
     def stop(self) -> None:
+        """Stop watching, waiting at most ``STOP_WAIT_S``.
+
+        Closing the observer closes every emitter one after the other, each joining its inotify
+        reader: under load, or with hundreds of watched directories, that takes seconds, out of
+        the agent's 2 s stop budget. Nothing depends on it having finished (no event is wanted
+        any more), so it finishes in a daemon thread and the agent goes on to exit."""
+        closer = threading.Thread(target=self._close_observer, name="credsync-watch-close",
+                                  daemon=True)
+        closer.start()
+        closer.join(STOP_WAIT_S)
+
+    def _close_observer(self) -> None:
         self._observer.stop()
-        self._observer.join(timeout=2)
+        if self._observer.is_alive():
+            self._observer.join()
 
     @property
     def watched_dirs(self) -> list[Path]:

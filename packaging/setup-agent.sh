@@ -13,6 +13,7 @@ if ! "$python" -c 'import venv, ensurepip' 2>/dev/null && command -v apt-get >/d
 fi
 [ -x "$prefix/bin/python" ] || "$python" -m venv "$prefix"
 "$prefix/bin/python" -m pip install -q --upgrade pip
+# A plain install brings every dependency, desktop-notifier included (desktop alerts work).
 "$prefix/bin/python" -m pip install -q "$here"
 mkdir -p "$HOME/.local/bin"
 ln -sf "$prefix/bin/credsync" "$HOME/.local/bin/credsync"

@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from agent.credential import fingerprint_of
-from agent.logsetup import MAX_BYTES, redact, setup_logging, shutdown_logging
+from agent.logsetup import (
+    MAX_BYTES,
+    PrivateRotatingFileHandler,
+    redact,
+    setup_logging,
+    shutdown_logging,
+)
 
 TOKEN = "sk-ant-oat01-" + "Abc_-123" * 12
 OPAQUE = "Q" * 20 + "x9_-" * 6  # 44 base64url characters, no known prefix
@@ -121,6 +127,29 @@ def test_unwritable_log_file_falls_back_to_stderr(tmp_path: Path,
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
     setup_logging("info", blocker / "credsync.log", stderr=False)
-    logging.getLogger("credsync.test").info("still heard")
+    logging.getLogger("credsync.test").warning("still heard")
+    # A one-shot command (stderr=False) keeps its output to one line: no chatter on stderr.
+    logging.getLogger("credsync.test").info("not shown")
     err = capsys.readouterr().err
-    assert "cannot open log file" in err and "still heard" in err
+    assert "cannot open log file" in err and "still heard" in err and "not shown" not in err
+
+
+def test_a_failing_write_or_rotation_is_one_line_not_a_traceback_per_record(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    # F7: a rotation that cannot rename (a directory where the backup goes) used to print
+    # Python's "--- Logging error ---" and a traceback for every record.
+    log_file = tmp_path / "credsync.log"
+    (tmp_path / "credsync.log.1").mkdir()
+    (tmp_path / "credsync.log.1" / "keep").write_text("")
+    handler = PrivateRotatingFileHandler(log_file, maxBytes=50, backupCount=3)
+    logger = logging.getLogger("credsync.test.rotation")
+    logger.addHandler(handler)
+    try:
+        for i in range(5):
+            logger.warning("record %d %s", i, "x" * 40)
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Logging error" not in err, err
+    assert err.count("\n") == 1 and f"cannot write log file {log_file}" in err, err

@@ -18,6 +18,11 @@ from typing import Any
 
 import pytest
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
 from agent.alerts import AlertPolicy, AuthObservation, Notice
 from agent.clock import FakeClock
 from agent.config import NotifySection
@@ -34,6 +39,7 @@ from agent.notifier import (
     WebhookNotifier,
     build_notifier,
     command_env,
+    desktop_problem,
 )
 from tests.realdesktop import (  # noqa: F401
     RealDesktop,
@@ -243,6 +249,34 @@ def test_command_runs_with_the_notice_in_its_environment(tmp_path: Path) -> None
     assert "CLAUDE_CODE_OAUTH_TOKEN" not in env
 
 
+FULL_DUMP = "import json, os, sys\njson.dump(dict(os.environ), open(sys.argv[1], 'w'))\n"
+SESSION_ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/home/u",
+               "USER": "u", "LOGNAME": "u", "LANG": "C.UTF-8", "LC_TIME": "C", "TZ": "UTC",
+               "DISPLAY": ":9", "WAYLAND_DISPLAY": "wayland-1", "TMPDIR": "/tmp",
+               "DBUS_SESSION_BUS_ADDRESS": "unix:path=/run/user/1/bus",
+               "XDG_RUNTIME_DIR": "/run/user/1"}
+AGENT_SECRETS = {"ANTHROPIC_API_KEY": "sk-ant-api03-secret", "AWS_SECRET_ACCESS_KEY": "aws",
+                 "GITHUB_TOKEN": "ghp_x", "CLAUDE_CODE_OAUTH_TOKEN": "sk-ant-oat01-x",
+                 "CREDSYNC_REFRESH__CLIENT_SECRET": "s3cret", "PYTHONPATH": "/evil",
+                 "LD_PRELOAD": "/evil.so", "SSH_AUTH_SOCK": "/tmp/agent.sock"}
+
+
+def test_the_command_gets_a_session_environment_not_the_agents(tmp_path: Path) -> None:
+    # F13: a notify hook used to inherit every variable but CREDSYNC_* and the token variable.
+    script, out = tmp_path / "dump.py", tmp_path / "env.json"
+    script.write_text(FULL_DUMP)
+    command = CommandNotifier([sys.executable, str(script), str(out)],
+                              base_env={**SESSION_ENV, **AGENT_SECRETS})
+    assert command.send(notice()).outcome("command") is Outcome.SENT
+    env = json.loads(out.read_text())
+    events = {"CREDSYNC_EVENT", "CREDSYNC_TITLE", "CREDSYNC_BODY", "CREDSYNC_URGENCY",
+              "CREDSYNC_AFFECTED_DIRS", "CREDSYNC_TIME"}
+    # Python itself may add LC_CTYPE (PEP 538 locale coercion): an LC_* name, allowed anyway.
+    assert set(env) - {"LC_CTYPE"} == set(SESSION_ENV) | events
+    assert {k: env[k] for k in SESSION_ENV} == SESSION_ENV
+    assert not set(AGENT_SECRETS.values()) & set(env.values())
+
+
 def test_command_failures_are_reported_not_raised(tmp_path: Path) -> None:
     failing = CommandNotifier([sys.executable, "-c", "import sys; sys.exit('no route to pager')"])
     report = failing.send(notice())
@@ -427,6 +461,111 @@ def test_a_server_that_never_answers_fails_the_send_at_its_deadline(
         mute.stdout.close()
     assert report.outcome("desktop") is Outcome.FAILED
     assert "no answer" in report.results[0].detail
+
+
+# -- why the desktop cannot be reached (F10) -----------------------------------------------------
+
+
+def test_desktop_problem_names_a_missing_session_bus_and_the_way_out() -> None:
+    with environ_overlay({"DBUS_SESSION_BUS_ADDRESS": None, "DISPLAY": None}):
+        problem = desktop_problem()
+    assert problem is not None and "DBUS_SESSION_BUS_ADDRESS is unset" in problem
+    assert "[notify] command or webhook" in problem
+
+
+@pytest.mark.integration
+def test_desktop_problem_names_a_bus_without_a_notification_server(
+        bus_without_server: Session) -> None:
+    problem = desktop_problem()
+    assert problem is not None and problem.startswith("no notification server")
+    assert "org.freedesktop.Notifications" in problem
+
+
+@pytest.mark.integration
+def test_desktop_problem_is_none_with_a_real_notification_server(
+        real_desktop: RealDesktop) -> None:
+    assert desktop_problem() is None
+
+
+HIDE_LIBRARY = (
+    "import importlib.abc, sys\n"
+    "class Hide(importlib.abc.MetaPathFinder):\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name.split('.')[0] == 'desktop_notifier':\n"
+    "            raise ModuleNotFoundError(name)\n"
+    "        return None\n"
+    "sys.meta_path.insert(0, Hide())\n"
+    "from agent.notifier import desktop_problem\n"
+    "print(desktop_problem())\n")
+
+
+def test_desktop_problem_says_when_the_library_is_not_installed() -> None:
+    # A real interpreter in which desktop_notifier cannot be imported (as in an install that
+    # lacks it); hiding it in this process would leave it hidden for every other test.
+    out = subprocess.run([sys.executable, "-c", HIDE_LIBRARY], cwd=REPO, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("desktop-notifier is not installed; reinstall credsync")
+
+
+def test_build_notifier_logs_an_undeliverable_desktop_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="agent.notifier")
+    fanout = build_notifier(NotifySection(), probe=FixedProbe(False))
+    fanout.close()
+    said = [r.getMessage() for r in caplog.records if "desktop notifications:" in r.getMessage()]
+    assert said == ["desktop notifications: no notification server (no server (fake)): alerts "
+                    "go to [notify] command or webhook only; start a notification daemon, or "
+                    "set one of those"] or (len(said) == 1 and "DBUS_SESSION" in said[0])
+    caplog.clear()
+    build_notifier(NotifySection(), probe=FixedProbe(True)).close()
+    assert not [r for r in caplog.records if "desktop notifications:" in r.getMessage()]
+
+
+def test_desktop_notifier_is_a_plain_dependency() -> None:
+    # F10: the documented `pip install .` must bring the desktop channel, not an extra.
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())
+    deps = data["project"]["dependencies"]
+    assert any(d.replace(" ", "").startswith("desktop-notifier") for d in deps), deps
+    assert data["project"]["optional-dependencies"]["notify"] == []  # old instructions work
+
+
+FRESH_SEND = (
+    "import sys\n"
+    "from agent.alerts import Notice\n"
+    "from agent.notifier import DesktopNotifier, desktop_problem\n"
+    "assert desktop_problem() is None, desktop_problem()\n"
+    "n = Notice('relogin-required', sys.argv[1], 'from a fresh install', 'critical', (), 0.0)\n"
+    "d = DesktopNotifier()\n"
+    "print(d.send(n))\n"
+    "d.close()\n")
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_a_fresh_pip_install_delivers_to_a_real_notification_server(
+        tmp_path: Path, real_desktop: RealDesktop) -> None:
+    # The default install, as the README gives it: `pip install .` into a new venv (from PyPI).
+    source = tmp_path / "src"
+    # Copy the checkout's tracked and new files: building in place would leave build/ behind.
+    files = subprocess.run(["git", "-C", str(REPO), "ls-files", "-co", "--exclude-standard"],
+                           check=True, capture_output=True, text=True).stdout.splitlines()
+    for name in files:
+        if (REPO / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            (source / name).write_bytes((REPO / name).read_bytes())
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(source)],
+                         capture_output=True, text=True, timeout=500)
+    if pip.returncode != 0 and "No matching distribution" in pip.stderr:
+        pytest.skip(f"no package index reachable: {pip.stderr.strip()[-200:]}")
+    assert pip.returncode == 0, pip.stderr
+    # Run from outside the checkout, so that the installed package is the one imported.
+    out = subprocess.run([str(venv / "bin" / "python"), "-c", FRESH_SEND, "fresh-install"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "desktop=sent", out.stderr
+    assert real_desktop.wait_for("fresh-install")["DUNST_BODY"] == "from a fresh install"
 
 
 # -- no server: the fallbacks -----------------------------------------------------------------
