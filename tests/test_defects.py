@@ -376,6 +376,7 @@ def test_f8a_cleared_again_status_and_token_agree(tmp_path: Path, slow: OAuthSer
     assert token.returncode == 3, token.stdout + token.stderr
     assert token.stdout == ""
     assert login_state(config) == "relogin-required"
+    assert "!" in journal_marks(state)  # the refusal is where every command reads it
     assert slow.stats().token_requests == 0
 
 
