@@ -391,7 +391,8 @@ def test_f8b_a_past_refresh_token_expiry_the_server_ignores_is_no_relogin(
     config = write_config(tmp_path / "config.toml", dirs, state, keychain=False,
                           refresh={"token_url": slow.url, "jitter": 0})
     agent = start(agents, config, state)
-    wait_for(lambda: slow.stats().token_requests >= 1, 10, "a refresh of the login")
+    # overdue at start-up: a random 1-10 s wait first (STAMPEDE_DELAY_S, as after a suspend)
+    wait_for(lambda: slow.stats().token_requests >= 1, 20, "a refresh of the login")
 
     def refreshed(d: Path) -> bool:
         try:
