@@ -193,7 +193,10 @@ def token(config_path: Path | None) -> None:
 @main.command()
 @config_option
 def refresh(config_path: Path | None) -> None:
-    """Refresh the login now, under the locks; print the outcome in one line."""
+    """Refresh the login now, under the locks; print the outcome in one line.
+
+    Exit 3 when a re-login is required or the user logged out (nothing is sent then).
+    """
     with errors_to_exit():
         settings, _ = load(config_path)
         quiet_logging(settings)
@@ -203,7 +206,7 @@ def refresh(config_path: Path | None) -> None:
         cred = outcome.credential
         shown = f" {cred.fingerprint}, expires {_iso(cred.expires_at)}" if cred else ""
         click.echo(f"{outcome.kind}:{shown} ({outcome.message})")
-    if outcome.kind == "relogin-required":
+    if outcome.kind in ("relogin-required", "logged-out"):
         sys.exit(EXIT_RELOGIN)
     if not outcome.ok:
         sys.exit(EXIT_FAILURE)

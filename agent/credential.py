@@ -202,7 +202,8 @@ def parse_document(raw: bytes) -> tuple[Reading, dict[str, Any] | None]:
         doc = jsondoc.loads(raw)
     except json.JSONDecodeError as exc:
         # JSON that ends early is what a write in progress looks like between two chunks.
-        cut = exc.pos >= len(exc.doc.rstrip())
+        # A cut inside a string is reported at the string's start, not at the end.
+        cut = exc.pos >= len(exc.doc.rstrip()) or exc.msg.startswith("Unterminated string")
         return Reading(ReadState.INVALID, detail="truncated JSON" if cut else
                        f"not JSON ({type(exc).__name__})"), None
     except (ValueError, RecursionError) as exc:

@@ -95,7 +95,8 @@ def test_garbage_is_repaired_only_after_it_settles(world: World) -> None:
     good = make_cred(NOW_MS + 5000)
     write_cred(world.dirs[0], good)
     world.agent.reconcile()
-    (world.dirs[2] / ".credentials.json").write_text('{"claudeAiOauth": {"accessT')
+    # garbage, not a document cut short (that one waits PARTIAL_GRACE_S: a write in progress)
+    (world.dirs[2] / ".credentials.json").write_text('{"claudeAiOauth": {"accessT": }}')
     report = world.agent.reconcile()
     assert report.plan is not None and report.plan.waiting == [world.files[2].name]
     world.clock.advance(GARBAGE_GRACE_S)
