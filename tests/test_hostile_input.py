@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from keyring.backends import SecretService
 
-from agent.agent import GARBAGE_GRACE_S, Agent
+from agent.agent import Agent
 from agent.clock import FakeClock
 from agent.config import (
     MAX_CONFIG_BYTES,
@@ -50,7 +50,7 @@ from agent.credential import (
 )
 from agent.errors import ConfigError, StoreError
 from agent.ledger import Ledger
-from agent.reconcile import Reconciler
+from agent.reconcile import PARTIAL_GRACE_S, Reconciler
 from agent.sim.server import OAuthServer
 from agent.status import collect, iso, render_text
 from agent.stores.base import Store
@@ -367,7 +367,7 @@ def test_the_agent_survives_any_stores_and_state(files: list[bytes], item: str |
         try:
             agent.load()
             agent.reconcile()
-            clock.advance(GARBAGE_GRACE_S + 0.1)
+            clock.advance(PARTIAL_GRACE_S + 0.1)  # the longest quiet period garbage gets
             report = agent.reconcile()  # garbage now settled: repaired, if there is a login
             status = collect(Reconciler(stores, Ledger(root / "state"), clock), "c.toml",
                              clock.now())
