@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import secrets
+import stat
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -149,8 +150,6 @@ class Journal:
         except OSError as exc:
             raise StoreError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
         try:
-            import stat
-
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise StoreError(f"cannot write {self.path}: not a regular file; remove it")
             os.write(fd, f"{mark}{digest} {now:.3f}\n".encode())
@@ -297,6 +296,7 @@ class Ledger:
         self.scope = scope_key(config_dirs) if config_dirs else ""
         self.path = root / "logins" / self.scope if self.scope else root
         self.journal = Journal(root / JOURNAL_FILE)
+        self._memory_on_disk: dict[str, Any] | None = None
 
     # files
     def file(self, name: str) -> Path:
@@ -365,13 +365,18 @@ class Ledger:
             stores = self.load_json(AGENT_FILE).get("stores")  # before memory.json existed
         if not isinstance(stores, dict):
             return {}
-        return {str(k): StoreMemory.from_json(v) for k, v in stores.items()
-                if isinstance(v, dict)}
+        loaded = {str(k): StoreMemory.from_json(v) for k, v in stores.items()
+                  if isinstance(v, dict)}
+        self._memory_on_disk = {"stores": {k: v.to_json() for k, v in sorted(loaded.items())}}
+        return loaded
 
     def save_memory(self, memory: Mapping[str, StoreMemory]) -> None:
+        """Write it when it differs from what this ledger last read or wrote (every round
+        calls this: no read of the file on the way)."""
         obj = {"stores": {k: v.to_json() for k, v in sorted(memory.items())}}
-        if self.load_json(MEMORY_FILE) != json.loads(json.dumps(obj)):
+        if obj != self._memory_on_disk:
             self.save_json(MEMORY_FILE, obj)
+            self._memory_on_disk = obj
 
     def load_agent(self) -> dict[str, Any]:
         return self.load_json(AGENT_FILE)

@@ -16,6 +16,7 @@ the signature the loop uses to tell its own writes from anyone else's.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import sys
@@ -66,7 +67,6 @@ def plan_round(
     memory: dict[str, StoreMemory],
     last_good: Credential | None,
     rules: Rules,
-    now: float,
     settled: set[str] | None = None,
 ) -> Plan:
     """Decide one round. ``memory`` is updated in place; ``settled`` names garbage stores whose
@@ -75,13 +75,12 @@ def plan_round(
     plan = Plan(verdict, logged_out=list(verdict.logged_out))
     for name, reading in readings.items():
         mem = memory.setdefault(name, StoreMemory())
-        _decide(name, reading, roles.get(name, Role.COPY), mem, plan, now, settled)
+        _decide(name, reading, roles.get(name, Role.COPY), mem, plan, rules.now, settled)
     if plan.newly_rejected:
         # A credential the server refused may have been the winner: decide again without it.
         rejected = rules.rejected | set(plan.newly_rejected)
         again = plan_round(readings, roles, memory, last_good,
-                           Rules(rules.now, rules.max_lifetime_s, frozenset(rejected),
-                                 rules.spent), now, settled)
+                           dataclasses.replace(rules, rejected=frozenset(rejected)), settled)
         again.newly_rejected = plan.newly_rejected + again.newly_rejected
         return again
     return plan
@@ -173,10 +172,9 @@ class Reconciler:
         return {s.name: started[s.name]() if s.name in started else s.read()
                 for s in self.stores}
 
-    def rules(self, now: float, extra_rejected: set[str] | None = None) -> Rules:
+    def rules(self, now: float) -> Rules:
         view = self.ledger.journal.read()
-        rejected = view.rejected | (extra_rejected or set())
-        return Rules(now, self.max_lifetime_s, frozenset(rejected), frozenset(view.spent))
+        return Rules(now, self.max_lifetime_s, frozenset(view.rejected), frozenset(view.spent))
 
     def verdict(self, readings: Mapping[str, Reading] | None = None) -> Verdict:
         """The winner rule on what the stores hold now (or on ``readings``)."""
@@ -192,8 +190,7 @@ class Reconciler:
     def writer_done(self, path: Path) -> None:
         self.writing.pop(path, None)
 
-    def _grace(self, name: str, reading: Reading, now: float) -> float:
-        path = next((s.watch_path for s in self.stores if s.name == name), None)
+    def _grace(self, path: Path | None, reading: Reading, now: float) -> float:
         if path is not None and path in self.writing:
             if now - self.writing[path] < WRITER_MAX_S:
                 return WRITER_MAX_S  # still open for writing: never replaced under a writer
@@ -217,7 +214,7 @@ class Reconciler:
             if before != seen:
                 first = now
             self.garbage_since[name] = (first, seen)
-            self.garbage_at[name] = first + self._grace(name, reading, now)
+            self.garbage_at[name] = first + self._grace(path, reading, now)
             if now >= self.garbage_at[name]:
                 settled.add(name)
         return settled
@@ -241,7 +238,7 @@ class Reconciler:
         rules = self.rules(now)
         if fresh is not None and rules.beats(fresh, last_good):
             last_good = fresh
-        plan = plan_round(readings, self.roles, self.memory, last_good, rules, now, settled)
+        plan = plan_round(readings, self.roles, self.memory, last_good, rules, settled)
         for digest in plan.newly_rejected:
             try:
                 self.ledger.journal.reject(digest, now)

@@ -120,11 +120,8 @@ def test_a_special_state_file_never_hangs_or_tracebacks(
     assert_one_line(out, where / name)
 
 
-@pytest.mark.parametrize("kind", ["directory", "fifo"])
-def test_the_agent_runs_and_stops_with_a_special_log_file(tmp_path: Path, server: OAuthServer,
-                                                          kind: str) -> None:
-    world = World(tmp_path, server)
-    replace_with(world.log, kind)
+def started_and_stopped(world: World) -> AgentProcess:
+    """``credsync run`` gets through its first round and stops on SIGTERM within 3 s."""
     agent = AgentProcess(world.config)
     try:
         agent.wait_started(world.state)
@@ -132,6 +129,15 @@ def test_the_agent_runs_and_stops_with_a_special_log_file(tmp_path: Path, server
         agent.kill()
         raise
     assert agent.stop() < 3
+    return agent
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo"])
+def test_the_agent_runs_and_stops_with_a_special_log_file(tmp_path: Path, server: OAuthServer,
+                                                          kind: str) -> None:
+    world = World(tmp_path, server)
+    replace_with(world.log, kind)
+    agent = started_and_stopped(world)
     assert "Traceback" not in agent.output()
     assert f"cannot use {world.log}: not a regular file" in agent.output()
 
@@ -149,13 +155,7 @@ def test_run_with_a_fifo_lock_file_ends_in_one_line(tmp_path: Path, server: OAut
         assert_one_line(out, where / name)
         return
     # refresh.lock is taken only when a refresh is due: the agent must still run and stop.
-    agent = AgentProcess(world.config)
-    try:
-        agent.wait_started(world.state)
-    except BaseException:
-        agent.kill()
-        raise
-    assert agent.stop() < 3
+    started_and_stopped(world)
 
 
 # --- mode 000, as an unprivileged user ------------------------------------------------------
