@@ -19,4 +19,4 @@ python=${PYTHON:-python3}
 .venv/bin/python -m pip install -q -e ".[test]"
 .venv/bin/ruff check agent tests
 .venv/bin/mypy
-exec .venv/bin/python -m pytest -q "$@"
+exec .venv/bin/python -m pytest -q -m "slow or not slow" "$@"

@@ -46,7 +46,7 @@ from agent.stores.claude_file import ClaudeFileStore
 from agent.stores.sink import SinkStore
 from tests.agentproc import REPO, AgentProcess, wait_for, write_config
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 CYCLES = int(os.environ.get("CREDSYNC_CRASH_CYCLES", "200"))
 WORLDS = 2  # two independent worlds at once: the cycles mostly wait on process start-up

@@ -19,6 +19,7 @@ CI_MINUTES = float(os.environ.get("CREDSYNC_SOAK_MINUTES", "2"))
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 @pytest.mark.timeout(int(CI_MINUTES * 60 + 120))
 def test_soak_twelve_sessions_and_the_agent(tmp_path: Path) -> None:
     report = run_soak(SoakConfig(minutes=CI_MINUTES, workdir=tmp_path / "soak"))
