@@ -45,7 +45,7 @@ from agent import paths
 from agent.credential import redact
 from agent.errors import ConfigError, StoreError
 from agent.fsutil import read_bytes
-from agent.mkdirlock import OAUTH_REFRESH_STALE_S
+from agent.locks.mkdirlock import OAUTH_REFRESH_STALE_S
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -326,7 +326,7 @@ _TOML_DOC: dict[str, dict[str, Any] | None] = {"doc": None}
 
 def config_path(explicit: Path | None, env: Mapping[str, str] | None = None) -> Path:
     """``--config``, else ``$CREDSYNC_CONFIG``, else the user config dir (the same rule as
-    ``agent.tokennote.resolve_config``, which `credsync token` uses without this module).
+    ``agent.cli.tokennote.resolve_config``, which `credsync token` uses without this module).
 
     ``--config`` is taken literally but for ``~`` (the shell expanded any ``$`` it meant);
     ``$CREDSYNC_CONFIG`` may use ``~`` and ``$VARS`` that are set."""

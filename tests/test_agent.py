@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from agent.agent import GARBAGE_GRACE_S, Agent, Stop
 from agent.clock import FakeClock
 from agent.credential import Credential, ReadState
 from agent.ledger import Ledger
+from agent.loop.agent import GARBAGE_GRACE_S, Agent, Stop
+from agent.loop.watcher import FileChanged
 from agent.stores.base import Store
 from agent.stores.claude_file import ClaudeFileStore
 from agent.stores.keychain import KeychainStore, MemoryKeyring
 from agent.stores.sink import SinkStore
-from agent.watcher import FileChanged
 from tests.factories import CLEARED, make_cred, read_doc, write_cred, write_doc
 
 NOW_MS = 1_800_000_000_000

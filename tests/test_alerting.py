@@ -10,16 +10,16 @@ from typing import Any
 
 import pytest
 
-from agent.agent import Agent
-from agent.alerting import Alerting, observation
-from agent.alerts import Notice
 from agent.clock import FakeClock
 from agent.config import NotifySection, RefreshSection
 from agent.credential import Credential, Reading, ReadState
 from agent.errors import InvalidGrantError
 from agent.ledger import Ledger, StoreMemory, token_hash
+from agent.loop.agent import Agent
+from agent.notify.alerting import Alerting, observation
+from agent.notify.alerts import Notice
 from agent.reconcile import Reconciler
-from agent.refresh import Coordinator, RefreshDriver
+from agent.refresh.coordinator import Coordinator, RefreshDriver
 from agent.sim.server import OAuthServer
 from agent.stores.claude_file import ClaudeFileStore
 from agent.winner import Role, Rules, judge

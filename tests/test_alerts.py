@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.alerts import AlertPolicy, AuthObservation, Notice
 from agent.clock import FakeClock
 from agent.config import NotifySection
 from agent.credential import fingerprint_of
+from agent.notify.alerts import AlertPolicy, AuthObservation, Notice
 
 HOUR = 3600.0
 DAY = 86_400.0
@@ -282,7 +282,7 @@ def test_restart_after_a_warning_does_not_warn_again_the_same_day() -> None:
 def test_unreadable_saved_state_starts_afresh_with_a_warning(
         caplog: pytest.LogCaptureFixture) -> None:
     clock = FakeClock()
-    caplog.set_level(logging.WARNING, logger="agent.alerts")
+    caplog.set_level(logging.WARNING, logger="agent.notify.alerts")
     for text in ("not json", "[]", json.dumps({"version": 99}),
                  json.dumps({"version": 1, "episode": None, "alerted": [],
                              "last_relogin_notice_at": "yesterday", "warned_at": None,

@@ -36,10 +36,10 @@ from pathlib import Path
 
 import pytest
 
-from agent import lockowner
 from agent.credential import Credential, fingerprint_of
-from agent.filelock import FileLock
 from agent.ledger import Journal, Ledger, token_hash
+from agent.locks import owner as lockowner
+from agent.locks.filelock import FileLock
 from agent.sim.server import OAuthServer
 from agent.sim.session import SimSession
 from agent.stores.claude_file import ClaudeFileStore

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from watchdog.events import FileClosedEvent, FileModifiedEvent, FileMovedEvent
 
-from agent.agent import Agent
+from agent.cli.fastpath import token_args
 from agent.clock import FakeClock
-from agent.fastpath import token_args
 from agent.ledger import Ledger
+from agent.loop.agent import Agent
+from agent.loop.watcher import FileChanged, Watcher, _Handler
 from agent.stores.claude_file import ClaudeFileStore
-from agent.watcher import FileChanged, Watcher, _Handler
 from tests.agentproc import REPO, write_config
 from tests.factories import make_cred, write_cred
 
@@ -154,9 +154,9 @@ def test_renames_into_place_are_never_held_back_by_watchdogs_move_pairing(tmp_pa
                                                                           ) -> None:
     from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
 
-    from agent.watcher import MOVE_PAIRING_S
+    from agent.loop.watcher import MOVE_PAIRING_S
 
-    assert InotifyMoveEventGrouper.delay == MOVE_PAIRING_S  # set when agent.watcher loads
+    assert InotifyMoveEventGrouper.delay == MOVE_PAIRING_S  # set when agent.loop.watcher loads
     target = tmp_path / "cfg" / ".credentials.json"
     target.parent.mkdir()
     events: queue.Queue[object] = queue.Queue()

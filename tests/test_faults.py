@@ -28,21 +28,21 @@ from typing import Any
 
 import pytest
 
-from agent.agent import Agent
 from agent.clock import FakeClock
 from agent.config import RefreshSection
 from agent.credential import Credential, fingerprint_of, parse_document
 from agent.errors import LockError
 from agent.ledger import Ledger
-from agent.mkdirlock import STORAGE_WRITE_STALE_S, MkdirLock
+from agent.locks.mkdirlock import STORAGE_WRITE_STALE_S, MkdirLock
+from agent.loop.agent import Agent
+from agent.loop.watcher import FileChanged
 from agent.reconcile import Reconciler
-from agent.refresh import Coordinator, RefreshDriver
-from agent.refresher import Backoff, HttpRefresher
+from agent.refresh.coordinator import Coordinator, RefreshDriver
+from agent.refresh.http import Backoff, HttpRefresher
 from agent.sim.server import OAuthServer
 from agent.sim.session import SimSession
 from agent.stores.claude_file import ClaudeFileStore
 from agent.stores.sink import SinkStore
-from agent.watcher import FileChanged
 from tests.agentproc import REPO, AgentProcess, credsync, wait_for, write_config
 from tests.factories import make_cred, write_cred
 from tests.realkeyring import RealKeyring, real_keyring  # noqa: F401
@@ -201,7 +201,7 @@ def test_old_cli_saving_an_older_login_over_a_newer_is_undone_once(scene: Scene)
 LOCK_HOLDER = textwrap.dedent("""
     import os, sys, time
     from pathlib import Path
-    from agent.mkdirlock import MkdirLock
+    from agent.locks.mkdirlock import MkdirLock
     marked = sys.argv[2] == "marked"
     lock = MkdirLock(Path(sys.argv[1]), stale_s=60, marked=marked)
     lock.acquire(5)

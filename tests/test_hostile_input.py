@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from keyring.backends import SecretService
 
-from agent.agent import Agent
+from agent.cli.status import collect, iso, render_text
 from agent.clock import FakeClock
 from agent.config import (
     MAX_CONFIG_BYTES,
@@ -50,9 +50,9 @@ from agent.credential import (
 )
 from agent.errors import ConfigError, StoreError
 from agent.ledger import Ledger
+from agent.loop.agent import Agent
 from agent.reconcile import PARTIAL_GRACE_S, Reconciler
 from agent.sim.server import OAuthServer
-from agent.status import collect, iso, render_text
 from agent.stores.base import Store
 from agent.stores.claude_file import ClaudeFileStore
 from agent.stores.keychain import KeychainBackend, KeychainCalls, KeychainStore, MemoryKeyring

@@ -23,7 +23,7 @@ import pytest
 
 import agent
 from agent.errors import InstallError
-from agent.installer import (
+from agent.install.installer import (
     LABEL,
     TEMPLATE_NAMES,
     Installer,
@@ -95,7 +95,7 @@ def write_unit(tmp_path: Path, text: str) -> Path:
 
 @pytest.mark.parametrize("name", sorted(TEMPLATE_NAMES.values()))
 def test_packaging_dir_holds_the_shipped_templates(name: str) -> None:
-    shipped = REPO / "agent" / "packaging_templates" / name
+    shipped = REPO / "agent" / "install" / "templates" / name
     assert (REPO / "packaging" / name).read_bytes() == shipped.read_bytes()
 
 
@@ -113,7 +113,7 @@ def test_templates_are_package_data(tmp_path: Path) -> None:
          "--build-lib", str(tmp_path / "out")],
         cwd=src, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
-    built = tmp_path / "out" / "agent" / "packaging_templates"
+    built = tmp_path / "out" / "agent" / "install" / "templates"
     missing = [n for n in TEMPLATE_NAMES.values() if not (built / n).is_file()]
     assert not missing, f"not shipped as package data: {missing} (see pyproject package-data)"
 
@@ -441,7 +441,7 @@ class World:
         self.cwd = tmp_path
 
     def cli(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([PYTHON, "-m", "agent.cli_install", *args],
+        return subprocess.run([PYTHON, "-m", "agent.cli.install", *args],
                               env={**self.env, **env}, cwd=self.cwd, capture_output=True,
                               text=True, timeout=120, check=False)
 
@@ -516,7 +516,7 @@ def test_cli_refuses_a_broken_config_before_touching_anything(tmp_path: Path) ->
 @pytest.mark.integration
 def test_login_item_status_in_a_real_process(tmp_path: Path) -> None:
     world = World(tmp_path)
-    script = ("import json; from agent.cli_install import login_item_status; "
+    script = ("import json; from agent.cli.install import login_item_status; "
               "print(json.dumps(login_item_status()))")
 
     def status() -> dict[str, object]:

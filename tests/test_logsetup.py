@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from agent.credential import fingerprint_of
-from agent.logsetup import (
+from agent.cli.logsetup import (
     MAX_BYTES,
     PrivateRotatingFileHandler,
     redact,
     setup_logging,
     shutdown_logging,
 )
+from agent.credential import fingerprint_of
 
 TOKEN = "sk-ant-oat01-" + "Abc_-123" * 12
 OPAQUE = "Q" * 20 + "x9_-" * 6  # 44 base64url characters, no known prefix

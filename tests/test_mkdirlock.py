@@ -8,7 +8,7 @@ import threading
 import time
 from pathlib import Path
 
-from agent.mkdirlock import KEEPER, MkdirLock
+from agent.locks.mkdirlock import KEEPER, MkdirLock
 
 DEADLINE_S = 5.0
 

@@ -23,10 +23,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from agent.alerts import AlertPolicy, AuthObservation, Notice
 from agent.clock import FakeClock
 from agent.config import NotifySection
-from agent.notifier import (
+from agent.notify.alerts import AlertPolicy, AuthObservation, Notice
+from agent.notify.notifier import (
     AssumeReachable,
     ChannelReport,
     CommandNotifier,
@@ -162,7 +162,7 @@ class FixedProbe:
 
 def test_fanout_tries_every_channel_in_order_and_reports_each(
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="agent.notifier")
+    caplog.set_level(logging.INFO, logger="agent.notify.notifier")
     desktop = FakeChannel("desktop", Outcome.UNREACHABLE)
     command, webhook = FakeChannel("command"), FakeChannel("webhook", Outcome.FAILED)
     fanout = FanoutNotifier([desktop, command, webhook])
@@ -495,7 +495,7 @@ HIDE_LIBRARY = (
     "            raise ModuleNotFoundError(name)\n"
     "        return None\n"
     "sys.meta_path.insert(0, Hide())\n"
-    "from agent.notifier import desktop_problem\n"
+    "from agent.notify.notifier import desktop_problem\n"
     "print(desktop_problem())\n")
 
 
@@ -510,7 +510,7 @@ def test_desktop_problem_says_when_the_library_is_not_installed() -> None:
 
 def test_build_notifier_logs_an_undeliverable_desktop_once(
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="agent.notifier")
+    caplog.set_level(logging.WARNING, logger="agent.notify.notifier")
     fanout = build_notifier(NotifySection(), probe=FixedProbe(False))
     fanout.close()
     said = [r.getMessage() for r in caplog.records if "desktop notifications:" in r.getMessage()]
@@ -532,8 +532,8 @@ def test_desktop_notifier_is_a_plain_dependency() -> None:
 
 FRESH_SEND = (
     "import sys\n"
-    "from agent.alerts import Notice\n"
-    "from agent.notifier import DesktopNotifier, desktop_problem\n"
+    "from agent.notify.alerts import Notice\n"
+    "from agent.notify.notifier import DesktopNotifier, desktop_problem\n"
     "assert desktop_problem() is None, desktop_problem()\n"
     "n = Notice('relogin-required', sys.argv[1], 'from a fresh install', 'critical', (), 0.0)\n"
     "d = DesktopNotifier()\n"

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from agent.agent import Agent
-from agent.build import build_stores, ledger_of
 from agent.clock import SystemClock
 from agent.config import Settings, load_settings
 from agent.credential import Credential
 from agent.errors import ReloginRequired
 from agent.ledger import StoreMemory, token_hash
-from agent.runtime import collect_status, coordinator, valid_token
+from agent.loop.agent import Agent
+from agent.loop.build import build_stores, ledger_of
+from agent.loop.runtime import collect_status, coordinator, valid_token
 from tests.agentproc import write_config
 from tests.factories import make_cred, write_cred
 

@@ -13,9 +13,9 @@ from agent.config import RefreshSection
 from agent.credential import Credential
 from agent.errors import InvalidGrantError, TransientRefreshError
 from agent.ledger import Ledger
-from agent.mkdirlock import OAUTH_REFRESH_STALE_S, oauth_refresh_lock
+from agent.locks.mkdirlock import OAUTH_REFRESH_STALE_S, oauth_refresh_lock
 from agent.reconcile import Reconciler
-from agent.refresh import Coordinator, RefreshDriver, Schedule
+from agent.refresh.coordinator import Coordinator, RefreshDriver, Schedule
 from agent.stores.claude_file import ClaudeFileStore
 from tests.factories import make_cred, write_cred
 
@@ -212,7 +212,7 @@ def test_a_refresh_answer_with_a_shorter_life_still_replaces_the_spent_login(
         setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import queue
 
-    from agent.agent import Agent
+    from agent.loop.agent import Agent
 
     coord, refresher, clock, dirs = setup
     old = make_cred(int((START + 2 * HOUR) * 1000))

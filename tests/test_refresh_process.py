@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from agent.credential import Credential, parse_document
-from agent.mkdirlock import OAUTH_REFRESH_STALE_S
+from agent.locks.mkdirlock import OAUTH_REFRESH_STALE_S
 from agent.sim.server import OAuthServer
 from tests.agentproc import REPO, AgentProcess, credsync, wait_for, write_config
 from tests.factories import write_doc

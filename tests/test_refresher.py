@@ -20,7 +20,7 @@ from agent.clock import FakeClock
 from agent.config import CLAUDE_CLIENT_ID, CLAUDE_SCOPE, RefreshSection
 from agent.credential import Credential
 from agent.errors import InvalidGrantError, TransientRefreshError
-from agent.refresher import Backoff, GrantRejected, HttpRefresher, parse_retry_after
+from agent.refresh.http import Backoff, GrantRejected, HttpRefresher, parse_retry_after
 from agent.sim.server import OAuthServer
 
 TIMEOUT_S = 2.0

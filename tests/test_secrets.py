@@ -28,13 +28,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent.alerts import AlertPolicy, AuthObservation
 from agent.clock import FakeClock
 from agent.config import NotifySection
 from agent.credential import Credential, fingerprint_of, parse_document
 from agent.errors import CredsyncError, StoreError
 from agent.ledger import scope_dir
-from agent.refresher import HttpRefresher
+from agent.notify.alerts import AlertPolicy, AuthObservation
+from agent.refresh.http import HttpRefresher
 from agent.sim.server import OAuthServer
 from agent.stores.keychain import OWN_SERVICE, own_account
 from agent.stores.sink import SinkStore

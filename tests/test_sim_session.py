@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from agent.clock import FakeClock, SystemClock
-from agent.mkdirlock import legacy_refresh_lock, oauth_refresh_lock
+from agent.locks.mkdirlock import legacy_refresh_lock, oauth_refresh_lock
 from agent.sim.server import OAuthServer
 from agent.sim.session import Outcome, SimSession
 

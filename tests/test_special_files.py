@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from agent.errors import StoreError
-from agent.filelock import FileLock
 from agent.fsutil import open_regular
 from agent.ledger import Ledger
+from agent.locks.filelock import FileLock
 from agent.sim.server import OAuthServer
 from tests.agentproc import REPO, AgentProcess, credsync, write_config
 from tests.factories import write_doc

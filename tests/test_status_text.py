@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.cli.status import Status, StoreStatus, duration, render_text
 from agent.sim.server import OAuthServer
-from agent.status import Status, StoreStatus, duration, render_text
 from tests.agentproc import credsync, write_config
 from tests.factories import write_doc
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.filelock import FileLock
+from agent.locks.filelock import FileLock
 from agent.sim.server import OAuthServer
 from tests.agentproc import AgentProcess, credsync, wait_for, write_config
 from tests.factories import write_doc

@@ -15,12 +15,12 @@ import pytest
 from platformdirs.macos import MacOS
 from platformdirs.unix import Unix
 
-from agent import tokennote
+from agent.cli import tokennote
+from agent.cli.tokennote import Note, lookup, note_file, resolve_config
 from agent.config import config_path, load_settings
 from agent.credential import Credential
 from agent.ledger import Ledger, scope_dir
-from agent.runtime import note_allowed, valid_token
-from agent.tokennote import Note, lookup, note_file, resolve_config
+from agent.loop.runtime import note_allowed, valid_token
 from tests.agentproc import write_config
 from tests.factories import make_cred, write_cred
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.loop.watcher import STOP_WAIT_S, Watcher
 from agent.sim.server import OAuthServer
-from agent.watcher import STOP_WAIT_S, Watcher
 from tests.agentproc import AgentProcess, write_config
 from tests.factories import write_doc
 

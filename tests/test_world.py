@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import RefreshSection
-from agent.refresh import Schedule
+from agent.refresh.coordinator import Schedule
 from agent.sim.server import RequestRecord
 from agent.sim.world import (
     World,

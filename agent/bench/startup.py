@@ -7,7 +7,7 @@ bytecode caching on as in an installed package; medians over the runs. The confi
 config dirs with a fresh login (far from its refresh deadline, refresh on). Two cases: without the
 keychain (the goal: under 3x the floor) and with the real Secret Service keychain on a private
 D-Bus. The steady state is measured: the first call after a change runs the full command and
-leaves the token note (``agent.tokennote``) that the next ones answer from; that first call is
+leaves the token note (``agent.cli.tokennote``) that the next ones answer from; that first call is
 measured too (the note removed before each run). A second floor is ``python -c 'import json'``,
 the one standard module the fast path needs. The heaviest imports of the command are listed from
 ``python -X importtime``.
@@ -29,9 +29,9 @@ from typing import Any
 
 from agent.bench import kit
 from agent.bench.propagation import cli_write
+from agent.cli.tokennote import note_file
 from agent.credential import Credential
 from agent.stores.keychain import system_backend
-from agent.tokennote import note_file
 
 BENCH = "startup"
 GOAL_RATIO = 3.0

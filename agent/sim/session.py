@@ -48,7 +48,7 @@ from agent.credential import (
 )
 from agent.errors import LockError, StoreError
 from agent.fsutil import atomic_write, read_bytes
-from agent.mkdirlock import (
+from agent.locks.mkdirlock import (
     MkdirLock,
     legacy_refresh_lock,
     oauth_refresh_lock,

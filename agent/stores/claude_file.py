@@ -18,7 +18,7 @@ from agent.credential import (
 )
 from agent.errors import LockError, StoreError
 from agent.fsutil import Signature, atomic_write, read_bytes, write_target
-from agent.mkdirlock import release_orphans, storage_write_lock
+from agent.locks.mkdirlock import release_orphans, storage_write_lock
 from agent.stores.base import Role, Store
 
 FILE_NAME = ".credentials.json"

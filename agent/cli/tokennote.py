@@ -48,10 +48,10 @@ ENV_NAMES = ("APPDATA", "CLAUDE_CONFIG_DIR", "CLAUDE_SECURESTORAGE_CONFIG_DIR", 
              "USER", "USERNAME", "USERPROFILE")
 ENV_PREFIXES = ("XDG_", "CREDSYNC_")
 # The modules whose code decides the answer: an upgrade invalidates every note.
-CODE = ("tokennote.py", "config.py", "paths.py", "runtime.py", "refresh.py", "reconcile.py",
-        "credential.py", "jsondoc.py", "ledger.py", "winner.py", "build.py",
-        "stores/claude_file.py")
-_HERE = os.path.dirname(os.path.abspath(__file__))
+CODE = ("cli/tokennote.py", "config.py", "paths.py", "loop/runtime.py", "loop/build.py",
+        "refresh/coordinator.py", "reconcile.py", "credential.py", "jsondoc.py", "ledger.py",
+        "winner.py", "stores/claude_file.py")
+_HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the agent package
 
 Input = list[object]  # [path, size, crc32], or [path, None, None] for a file that is not there
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.credential import Credential, Reading, ReadState
-from agent.filelock import InstanceLock
+from agent.locks.filelock import InstanceLock
 from agent.reconcile import Reconciler
 
 

@@ -12,12 +12,12 @@ import logging
 from collections.abc import Mapping
 from typing import Protocol
 
-from agent.alerts import Alert, AlertPolicy, AuthObservation, Notice
 from agent.clock import Clock
 from agent.config import NotifySection
 from agent.errors import StoreError
 from agent.fsutil import atomic_write, read_bytes
 from agent.ledger import ALERTS_FILE, MAX_STATE_BYTES, Ledger
+from agent.notify.alerts import Alert, AlertPolicy, AuthObservation, Notice
 from agent.winner import Verdict
 
 log = logging.getLogger("credsync.alerting")

@@ -15,16 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from agent.alerting import Alerting, observation
 from agent.clock import Clock
 from agent.credential import Reading, ReadState
 from agent.errors import StoreError
 from agent.fsutil import remove_stale_temps, write_target
 from agent.ledger import Ledger, StoreMemory
+from agent.loop.watcher import DirsChanged, FileChanged
+from agent.notify.alerting import Alerting, observation
 from agent.reconcile import GARBAGE_GRACE_S, Reconciler, RoundReport
-from agent.refresh import Kind, RefreshDriver
+from agent.refresh.coordinator import Kind, RefreshDriver
 from agent.stores.base import Store
-from agent.watcher import DirsChanged, FileChanged
 
 __all__ = ["AUDIT_S", "GARBAGE_GRACE_S", "TICK_S", "Agent", "RoundReport", "Stop", "Wake"]
 
@@ -171,7 +171,7 @@ class Agent:
     def recover(self) -> None:
         """Clean up after a credsync process that was killed (at start and on every audit)."""
         # A lock it held stays behind: free it now rather than block every session until its
-        # stale time (agent.lockowner).
+        # stale time (agent.locks.owner).
         for store in self.stores:
             for path in store.release_orphaned_locks():
                 log.warning("removed lock %s left by a credsync process that died", path)

@@ -5,7 +5,7 @@ server on 127.0.0.1 with a token lifetime of seconds: first on their own, then w
 agent (``credsync run``) beside them. Everything lives in a temporary directory that is removed
 afterwards; the user's own config dirs, keychain and credsync state are never touched.
 
-Registered into the main click group by ``agent.cli``. The world is imported only when the
+Registered into the main click group by ``agent.cli.main``. The world is imported only when the
 command runs, so that loading the CLI stays cheap.
 """
 

@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from agent import lockowner
 from agent.errors import LockError
+from agent.locks import owner as lockowner
 
 STORAGE_WRITE_STALE_S = 15.0
 OAUTH_REFRESH_STALE_S = 60.0
@@ -36,7 +36,7 @@ class MkdirLock:
     ) -> None:
         self.path = path
         # credsync's own locks carry an owner mark and free a lock whose marked owner died
-        # (agent.lockowner); the CLI's locks, and the simulated CLI's, are left unmarked.
+        # (agent.locks.owner); the CLI's locks, and the simulated CLI's, are left unmarked.
         self.marked = marked
         self.stale_s = stale_s
         self.update_s = update_s if update_s is not None else max(stale_s / 2, 0.1)

@@ -1,7 +1,7 @@
 """`credsync install` and `credsync uninstall`, and the login-item part of `credsync status`.
 
-Registered into the main click group by ``agent.cli``; also runnable alone as
-``python -m agent.cli_install install|uninstall [--dry-run] [--config PATH]``.
+Registered into the main click group by ``agent.cli.main``; also runnable alone as
+``python -m agent.cli.install install|uninstall [--dry-run] [--config PATH]``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import click
 from agent import paths
 from agent.config import Settings, load_settings
 from agent.errors import ConfigError, InstallError
-from agent.installer import (
+from agent.install.installer import (
     Installer,
     MakeDir,
     Plan,

@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.build import build_stores, close_stores, ledger_of
 from agent.clock import Clock, SystemClock
 from agent.credential import Credential
 from agent.errors import (
@@ -20,24 +19,25 @@ from agent.errors import (
     ReloginRequired,
     StoreError,
 )
+from agent.loop.build import build_stores, close_stores, ledger_of
 from agent.reconcile import Reconciler
-from agent.refresh import Coordinator, Kind, Outcome, RefreshDriver, RefreshResultLike
+from agent.refresh.coordinator import Coordinator, Kind, Outcome, RefreshDriver, RefreshResultLike
 from agent.stores.claude_file import ClaudeFileStore
 from agent.winner import LoginState, Verdict
 
 # `credsync token` imports this module: what only the other commands need (pydantic through
 # the config, portalocker, the status report) is imported where it is used.
 if TYPE_CHECKING:
+    from agent.cli.status import Status
+    from agent.cli.tokennote import Note
     from agent.config import Settings
-    from agent.refresher import HttpRefresher
-    from agent.status import Status
-    from agent.tokennote import Note
+    from agent.refresh.http import HttpRefresher
 
 log = logging.getLogger("credsync")
 
 
 def run_agent(settings: Settings, config_path: Path, events: queue.Queue[object]) -> str:
-    from agent.filelock import InstanceLock
+    from agent.locks.filelock import InstanceLock
 
     ledger = ledger_of(settings)
     ledger.ensure()
@@ -50,10 +50,10 @@ def run_agent(settings: Settings, config_path: Path, events: queue.Queue[object]
             f"another agent already runs for {ledger.path} (pid {pid}); stop it first",
             pid) from exc
     # The loop's modules (watchdog among them) are loaded only by the command that runs it.
-    from agent.agent import Agent
-    from agent.alerting import Alerting
-    from agent.notifier import build_notifier
-    from agent.watcher import Watcher
+    from agent.loop.agent import Agent
+    from agent.loop.watcher import Watcher
+    from agent.notify.alerting import Alerting
+    from agent.notify.notifier import build_notifier
 
     clock = SystemClock()
     try:
@@ -62,7 +62,7 @@ def run_agent(settings: Settings, config_path: Path, events: queue.Queue[object]
             stores = coord.stores
             driver = None
             if settings.refresh.enabled:
-                from agent.refresher import Backoff
+                from agent.refresh.http import Backoff
 
                 driver = RefreshDriver(coord, Backoff())
             watch = [s.watch_path for s in stores if s.watch_path is not None]
@@ -93,7 +93,7 @@ class LazyRefresher:
     def prepare(self) -> HttpRefresher:
         """Build the HTTP client now (the coordinator calls this before journaling a token)."""
         if self._real is None:
-            from agent.refresher import HttpRefresher
+            from agent.refresh.http import HttpRefresher
 
             self._real = HttpRefresher.from_settings(self.settings.refresh, self.clock)
         return self._real
@@ -216,20 +216,20 @@ def _relogin_message(why: str) -> str:
 
 
 def collect_status(settings: Settings, config_path: Path) -> Status:
-    from agent.status import collect, iso
+    from agent.cli.status import collect, iso
 
     clock = SystemClock()
     with coordinator(settings, clock) as coord:
         status = collect(coord.writer, str(config_path), clock.now())
         status.extra["refresh"] = refresh_status(settings, coord, status, clock.now())
-    from agent.alerting import load_active_alert
+    from agent.notify.alerting import load_active_alert
 
     alert = load_active_alert(ledger_of(settings), settings.notify, clock)
     if alert is not None:
         status.extra["alert"] = {"event": alert.event, "title": alert.title,
                                  "since": iso(alert.since),
                                  "config_dirs": list(alert.affected_dirs)}
-    from agent.cli_install import login_item_status
+    from agent.cli.install import login_item_status
 
     status.extra["login_item"] = login_item_status(settings)
     return status
@@ -238,7 +238,7 @@ def collect_status(settings: Settings, config_path: Path) -> Status:
 def refresh_status(settings: Settings, coord: Coordinator, status: Status,
                    now: float) -> dict[str, object]:
     """The refresh part of ``credsync status``: the last problem, lifetime, next deadline."""
-    from agent.status import iso
+    from agent.cli.status import iso
 
     records = coord.records
     best = status.best

@@ -1,7 +1,7 @@
 """Install credsync as a login item: a systemd user unit, a LaunchAgent, or a scheduled task.
 
 The ``render_*`` functions are pure: program argv in, file text out, from the templates shipped in
-``agent.packaging_templates`` (identical copies live in ``packaging/``). ``Installer`` turns a
+``agent.install.templates`` (identical copies live in ``packaging/``). ``Installer`` turns a
 rendering into a ``Plan`` (the file, its content, every step in order) and executes it through an
 injected command runner, so tests replace the service manager without monkeypatching.
 """
@@ -45,7 +45,7 @@ TEMPLATE_NAMES: dict[Platform, str] = {
     "darwin": "com.credsync.agent.plist",
     "win32": "credsync-task.xml",
 }
-TEMPLATE_PACKAGE = "agent.packaging_templates"
+TEMPLATE_PACKAGE = "agent.install.templates"
 COMMAND_TIMEOUT_S = 60.0
 LAUNCHCTL_NO_SUCH_SERVICE = 113
 _FILE_MODE = 0o644  # service managers read these; they hold no secret

@@ -1,11 +1,11 @@
 """``credsync token`` without click, pydantic or the store modules, when nothing changed.
 
 Sessions run ``credsync token`` often, so its start-up is most of its cost. When the note the
-last full ``credsync token`` left still holds (``agent.tokennote``: same config, environment,
+last full ``credsync token`` left still holds (``agent.cli.tokennote``: same config, environment,
 code, credential and state files, deadline not reached), this prints the same token and ends.
 In every other case (other arguments, any changed input, a refresh due, no note, any error) it
 returns None and the full command runs, which decides, reports, sets the exit code and leaves a
-new note. This module and ``agent.tokennote`` import only the standard library's lightest parts.
+new note. This module and ``agent.cli.tokennote`` import only the standard library's lightest parts.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def try_token(argv: Sequence[str]) -> int | None:
     matched, given = token_args(argv)
     if not matched:
         return None
-    from agent.tokennote import lookup
+    from agent.cli.tokennote import lookup
 
     token = lookup(given)
     if token is None:
@@ -51,6 +51,6 @@ def main() -> None:
     code = try_token(sys.argv[1:])
     if code is not None:
         sys.exit(code)
-    from agent.cli import main as cli_main
+    from agent.cli.main import main as cli_main
 
     cli_main()

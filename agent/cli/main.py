@@ -1,4 +1,4 @@
-"""The command line. Only this module (and its fast path, ``agent.fastpath``) prints or chooses
+"""The command line. Only this module (and its fast path, ``agent.cli.fastpath``) prints or chooses
 exit codes.
 
 Exit codes: 0 success; 1 a runtime failure (message on stderr); 2 bad configuration or usage;
@@ -7,23 +7,12 @@ Exit codes: 0 success; 1 a runtime failure (message on stderr); 2 bad configurat
 
 from __future__ import annotations
 
-import sys
-
-if __name__ == "__main__":
-    # `python -m agent.cli token` with a fresh token ends here, before click and pydantic are
-    # imported; anything else carries on below (the `credsync` script: agent.fastpath.main).
-    from agent.fastpath import try_token
-
-    _code = try_token(sys.argv[1:])
-    if _code is not None:
-        sys.exit(_code)
-
 import errno
 import json
 import logging
-import os
 import queue
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -109,7 +98,7 @@ def main() -> None:
 @contextmanager
 def signals_to_queue(events: queue.Queue[object]) -> Iterator[None]:
     """SIGTERM/SIGINT only enqueue a Stop; the loop ends itself. Old handlers are restored."""
-    from agent.agent import Stop
+    from agent.loop.agent import Stop
 
     def handler(signum: int, _frame: FrameType | None) -> None:
         events.put(Stop(signal.Signals(signum).name))
@@ -130,8 +119,8 @@ def run(config_path: Path | None) -> None:
     """Run the agent in the foreground (logs to stderr and the log file)."""
     with errors_to_exit():
         settings, path = load(config_path)
-        from agent.logsetup import setup_logging
-        from agent.runtime import run_agent
+        from agent.cli.logsetup import setup_logging
+        from agent.loop.runtime import run_agent
 
         setup_logging(settings.agent.log_level, settings.agent.log_file)
         events: queue.Queue[object] = queue.Queue()
@@ -147,8 +136,8 @@ def status(config_path: Path | None, as_json: bool) -> None:
     """Show every store's state, the login, and whether the agent runs."""
     with errors_to_exit():
         settings, path = load(config_path)
-        from agent.runtime import collect_status
-        from agent.status import render_text
+        from agent.cli.status import render_text
+        from agent.loop.runtime import collect_status
 
         report = collect_status(settings, path)
         if as_json:
@@ -159,7 +148,7 @@ def status(config_path: Path | None, as_json: bool) -> None:
 
 def quiet_logging(settings: Any) -> None:
     """One-shot commands log to the log file only: their output is one line (or the token)."""
-    from agent.logsetup import setup_logging
+    from agent.cli.logsetup import setup_logging
 
     setup_logging(settings.agent.log_level, settings.agent.log_file, stderr=False)
 
@@ -172,8 +161,8 @@ def token(config_path: Path | None) -> None:
     The only command that prints a token. Exit 3 when a re-login is required.
     """
     with errors_to_exit():
+        from agent.cli.tokennote import Note
         from agent.config import config_path as chosen_config
-        from agent.tokennote import Note
 
         note: Note | None = None
         fresh = Note(str(config_path) if config_path is not None else None)
@@ -184,7 +173,7 @@ def token(config_path: Path | None) -> None:
             pass  # an unreadable config file: no note this time, load() below says why
         settings, _ = load(config_path)
         quiet_logging(settings)
-        from agent.runtime import valid_token
+        from agent.loop.runtime import valid_token
 
         value = valid_token(settings, note)
     click.echo(value)
@@ -200,7 +189,7 @@ def refresh(config_path: Path | None) -> None:
     with errors_to_exit():
         settings, _ = load(config_path)
         quiet_logging(settings)
-        from agent.runtime import refresh_now
+        from agent.loop.runtime import refresh_now
 
         outcome = refresh_now(settings)
         cred = outcome.credential
@@ -213,18 +202,18 @@ def refresh(config_path: Path | None) -> None:
 
 
 def _iso(ts: float) -> str:
-    from agent.status import iso
+    from agent.cli.status import iso
 
     return iso(ts) or "-"
 
 
 def _register_optional() -> None:
     # Commands that live in their own modules, registered here so that only the CLI prints.
-    from agent.cli_demo import demo_cmd
+    from agent.cli.demo import demo_cmd
 
     main.add_command(demo_cmd, "demo")
     try:
-        from agent.cli_install import install_cmd, uninstall_cmd
+        from agent.cli.install import install_cmd, uninstall_cmd
     except ImportError:  # pragma: no cover - during development only
         return
     main.add_command(install_cmd, "install")
@@ -232,7 +221,3 @@ def _register_optional() -> None:
 
 
 _register_optional()
-
-if __name__ == "__main__":  # pragma: no cover
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    main()

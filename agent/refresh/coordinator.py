@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Protocol
 from agent.clock import Clock
 from agent.credential import Credential
 from agent.errors import InvalidGrantError, LockError, StoreError, TransientRefreshError
-from agent.filelock import FileLock
 from agent.ledger import token_hash
-from agent.mkdirlock import MkdirLock, legacy_refresh_lock, oauth_refresh_lock
+from agent.locks.filelock import FileLock
+from agent.locks.mkdirlock import MkdirLock, legacy_refresh_lock, oauth_refresh_lock
 from agent.reconcile import Reconciler
 from agent.winner import LoginState, Verdict
 

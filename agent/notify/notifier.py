@@ -5,7 +5,7 @@
                    └─ WebhookNotifier   JSON POST (httpx)
 
 This is the only module importing desktop_notifier and dbus_fast; it is also, with
-agent/refresher.py, one of the two importers of httpx (the webhook).
+agent/refresh/http.py, one of the two importers of httpx (the webhook).
 
 Fan-out policy: the desktop when a notification server is reachable; the command and the webhook
 whenever they are configured. They are explicit user choices, and a reachable server does not mean
@@ -34,8 +34,8 @@ from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 
 import httpx
 
-from agent.alerts import Notice
 from agent.config import NotifySection
+from agent.notify.alerts import Notice
 
 if TYPE_CHECKING:
     import desktop_notifier

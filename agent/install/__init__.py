@@ -1,0 +1,1 @@
+"""The login item: systemd user unit, LaunchAgent, Windows logon task."""

@@ -1,0 +1,1 @@
+"""Proactive refresh: the coordinator (locks, journal, decisions) and the HTTP grant."""
