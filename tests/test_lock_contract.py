@@ -1,8 +1,9 @@
 """One contract for the lock interface, run against every implementation.
 
-Subjects: credsync's own flock (``agent.filelock.FileLock``, portalocker) and the CLI's mkdir lock
-(``agent.mkdirlock.MkdirLock``) as credsync takes it, marked with its owner (the refresh lock and
-the storage-write lock), and unmarked, as the CLI itself takes it (short stale time here).
+Subjects: credsync's own flock (``agent.locks.filelock.FileLock``, portalocker) and the CLI's
+mkdir lock (``agent.locks.mkdirlock.MkdirLock``) as credsync takes it, marked with its owner (the
+refresh lock and the storage-write lock), and unmarked, as the CLI itself takes it (short stale
+time here).
 
 The other holder is always a real separate process (``HOLDER``): it takes the same lock, says
 ``held`` on stdout, and waits for stdin. Every wait is on a condition with a deadline.
@@ -28,8 +29,8 @@ from typing import Protocol
 import pytest
 
 from agent.errors import LockError, StoreError
-from agent.filelock import FileLock
-from agent.mkdirlock import MkdirLock, oauth_refresh_lock, release_orphans, storage_write_lock
+from agent.locks.filelock import FileLock
+from agent.locks.mkdirlock import MkdirLock, oauth_refresh_lock, release_orphans, storage_write_lock
 from tests.agentproc import REPO
 
 TIMEOUT_S = 0.5
@@ -52,10 +53,10 @@ import sys
 from pathlib import Path
 kind, path = sys.argv[1], Path(sys.argv[2])
 if kind == "file":
-    from agent.filelock import FileLock
+    from agent.locks.filelock import FileLock
     lock = FileLock(path)
 else:
-    from agent.mkdirlock import MkdirLock
+    from agent.locks.mkdirlock import MkdirLock
     lock = MkdirLock(path, stale_s=float(sys.argv[3]), update_s=float(sys.argv[4]),
                      marked=kind == "mkdir-marked")
 mode = sys.argv[5]

@@ -1,5 +1,5 @@
-"""One contract for the notify channels (agent.notifier's ``Channel``: ``name``, ``send(notice)
--> DeliveryReport``, ``close()``), run against every channel with a real receiver.
+"""One contract for the notify channels (agent.notify.notifier's ``Channel``: ``name``,
+``send(notice) -> DeliveryReport``, ``close()``), run against every channel with a real receiver.
 
 Subjects and their receivers:
   desktop   DesktopNotifier -> dunst on Xvfb on a private session bus (tests/realdesktop.py);
@@ -30,9 +30,9 @@ from typing import Any
 
 import pytest
 
-from agent.alerts import Notice, Urgency
 from agent.credential import SECRET_PATTERN, fingerprint_of
-from agent.notifier import (
+from agent.notify.alerts import Notice, Urgency
+from agent.notify.notifier import (
     Channel,
     CommandNotifier,
     DesktopNotifier,

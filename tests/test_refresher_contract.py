@@ -3,10 +3,10 @@
 TransientRefreshError), run against every implementation.
 
 Subjects:
-  http-claude    agent.refresher.HttpRefresher, claude style (JSON), against the real simulated
+  http-claude    agent.refresh.http.HttpRefresher, claude style (JSON), against the real simulated
                  server agent.sim.server.OAuthServer over HTTP on 127.0.0.1
   http-oauth2    HttpRefresher, RFC 6749 form style with HTTP Basic client auth, same server
-  lazy-settings  agent.runtime.LazyRefresher, what the agent and the commands really use: built
+  lazy-settings  agent.loop.runtime.LazyRefresher, what the agent and the commands really use: built
                  from a Settings' [refresh] section, against the same server
   scripted-fake  tests/test_refresh.py's ScriptedRefresher, the fake the refresh tests run on
 
@@ -28,9 +28,9 @@ from agent.clock import FakeClock
 from agent.config import CLAUDE_CLIENT_ID, CLAUDE_SCOPE, RefreshSection, Settings
 from agent.credential import Credential
 from agent.errors import InvalidGrantError, TransientRefreshError
-from agent.refresh import Refresher
-from agent.refresher import HttpRefresher
-from agent.runtime import LazyRefresher
+from agent.loop.runtime import LazyRefresher
+from agent.refresh.coordinator import Refresher
+from agent.refresh.http import HttpRefresher
 from agent.sim.server import OAuthServer
 from tests.factories import make_cred
 from tests.test_refresh import ScriptedRefresher
