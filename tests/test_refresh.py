@@ -30,20 +30,28 @@ class Result:
 
 
 class ScriptedRefresher:
-    """Answers from a script; each item is 'ok', an exception, or a callable."""
+    """Answers from a script; each item is 'ok' or an exception. Otherwise it behaves as the
+    token server does (tests/test_refresher_contract.py): a new pair, every other key kept, a
+    refresh token redeemed once only."""
 
     def __init__(self, clock: FakeClock, lifetime: float = 8 * HOUR) -> None:
         self.clock = clock
         self.lifetime = lifetime
         self.script: list[object] = []
         self.sent: list[str] = []
+        self.redeemed: set[str] = set()
 
     def refresh(self, cred: Credential) -> Result:
         self.sent.append(cred.refresh_token)
         step = self.script.pop(0) if self.script else "ok"
         if isinstance(step, Exception):
             raise step
-        new = make_cred(int((self.clock.now() + self.lifetime) * 1000))
+        if not cred.refresh_token or cred.refresh_token in self.redeemed:
+            raise InvalidGrantError("invalid_grant: the refresh token is not valid")
+        self.redeemed.add(cred.refresh_token)
+        fresh = make_cred(int((self.clock.now() + self.lifetime) * 1000))
+        new = Credential({**cred.oauth, "accessToken": fresh.access_token,
+                          "refreshToken": fresh.refresh_token, "expiresAt": fresh.expires_at_ms})
         return Result(new, self.lifetime)
 
 
