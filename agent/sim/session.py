@@ -13,6 +13,14 @@ or after a 401, the way the CLI does:
 4. on ``invalid_grant`` re-read; if nothing newer is there, CLEAR the login to empty tokens and
    ``expiresAt`` 0: a forced re-login. With ``relogin`` the user logs in again at once.
 
+That is ``release="current"`` (``cas=True``, the default) and ``"2.1.37"`` (``cas=False``).
+``release="2.1.332"`` follows that release's bundle instead: re-read and adopt a changed access
+token; take ``.oauth_refresh.lock`` only, one attempt at a time; while it is held retry 5 times
+after 1-2 s, re-reading each time, then watch the lock for the rest of 7.5 s: its mtime still the
+same means a dead holder, and the lock is taken over (``.oauth_refresh.lock.owner`` records the
+taker's pid), a moved mtime gives up (``LOCK_BUSY``). Holding the lock it re-reads, redeems and
+saves with compare-and-swap; its cleared login also drops ``loginEnded``.
+
 HTTP goes through urllib, independent of the refresher under test. As a process:
 ``python -m agent.sim.session --config-dir D --token-url U --duration-s 5`` prints its counters as
 one JSON line when it ends.
@@ -25,6 +33,8 @@ import contextlib
 import enum
 import http.client
 import json
+import os
+import random
 import signal
 import sys
 import threading
@@ -59,9 +69,31 @@ CLI_WINDOW_S = 300.0
 # The CLI retries a busy lock about 5 times with 1-2 s random sleeps.
 CLI_LOCK_WAIT_S = 7.5
 CREDENTIALS_FILE = ".credentials.json"
+# Release 2.1.332's busy refresh lock: 5 retries after a uniform 1-2 s sleep each, then a watch of
+# the lock's mtime until 7.5 s after the first try; a takeover is recorded in the owner file.
+CLI_332_LOCK_RETRIES = 5
+CLI_332_RETRY_SLEEP_S = (1.0, 2.0)
+CLI_332_WATCH_S = 7.5
+OAUTH_LOCK_OWNER_FILE = ".oauth_refresh.lock.owner"
 
 Check = Callable[[str], bool]
 Relogin = Callable[[float], Mapping[str, Any]]
+
+
+class Release(str, enum.Enum):
+    V2_1_37 = "2.1.37"  # the legacy lock only, a save without compare-and-swap (cas=False)
+    CURRENT = "current"  # the model before 2.1.332 was read (cas=True)
+    V2_1_332 = "2.1.332"  # read from that release's bundle
+
+
+def resolve_release(cas: bool | None, release: Release | str | None) -> Release:
+    """The release a ``SimSession`` models: ``cas`` alone keeps its old meaning."""
+    if release is None:
+        return Release.V2_1_37 if cas is False else Release.CURRENT
+    chosen = Release(release)
+    if cas is not None and cas != (chosen is not Release.V2_1_37):
+        raise ValueError(f"cas={cas} contradicts release {chosen.value}")
+    return chosen
 
 
 class Outcome(str, enum.Enum):
@@ -85,6 +117,8 @@ class SessionCounters:
     transient_errors: int = 0
     lock_busy: int = 0
     logged_out_steps: int = 0
+    adopted_while_waiting: int = 0  # 2.1.332: adopted on a re-read between lock retries
+    takeovers: int = 0  # 2.1.332: a lock whose holder looked dead, taken over
 
 
 class SimHttpError(Exception):
@@ -154,13 +188,22 @@ def blank_oauth(cred: Credential) -> dict[str, Any]:
     return {**cred.oauth, "accessToken": "", "refreshToken": "", "expiresAt": 0}
 
 
+def blank_oauth_332(cred: Credential) -> dict[str, Any]:
+    """Release 2.1.332's cleared login: as ``blank_oauth``, and no ``loginEnded`` (the CLI
+    writes ``"time_limit"`` there only when the refresh token's time limit ended the login,
+    which the simulation does not model)."""
+    oauth = {key: value for key, value in cred.oauth.items() if key != "loginEnded"}
+    return {**oauth, "accessToken": "", "refreshToken": "", "expiresAt": 0}
+
+
 class SimSession:
     def __init__(
         self,
         config_dir: Path,
         token_url: str,
         *,
-        cas: bool = True,
+        cas: bool | None = None,
+        release: Release | str | None = None,
         client_id: str = CLAUDE_CLIENT_ID,
         scope: str = CLAUDE_SCOPE,
         window_s: float = CLI_WINDOW_S,
@@ -169,11 +212,18 @@ class SimSession:
         lock_wait_s: float = CLI_LOCK_WAIT_S,
         http_timeout_s: float = 10.0,
         name: str = "",
+        sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+        lock_retries: int = CLI_332_LOCK_RETRIES,
+        retry_sleep_s: tuple[float, float] = CLI_332_RETRY_SLEEP_S,
+        takeover_watch_s: float = CLI_332_WATCH_S,
     ) -> None:
         self.config_dir = config_dir
         self.path = config_dir / CREDENTIALS_FILE
         self.token_url = token_url
-        self.cas = cas
+        self.release = resolve_release(cas, release)
+        self.cas = self.release is not Release.V2_1_37
         self.client_id = client_id
         self.scope = scope
         self.window_s = window_s
@@ -184,6 +234,13 @@ class SimSession:
         self.last_outcome: Outcome | None = None
         self._check = check
         self._relogin = relogin
+        # Used by 2.1.332's lock retries only; the other releases wait inside MkdirLock.
+        self._sleep = sleep
+        self._monotonic = monotonic
+        self._rng = rng if rng is not None else random.Random()
+        self.lock_retries = lock_retries
+        self.retry_sleep_s = retry_sleep_s
+        self.takeover_watch_s = takeover_watch_s
 
     # -- one step --------------------------------------------------------------------------
     def step(self, now: float) -> Outcome:
@@ -201,6 +258,8 @@ class SimSession:
                 return Outcome.IDLE
             self.counters.unauthorized += 1
             unauthorized = True
+        if self.release is Release.V2_1_332:
+            return self._refresh_332(seen, now, unauthorized)
         try:
             with self._refresh_locks():
                 return self._refresh_locked(seen, now, unauthorized)
@@ -232,6 +291,72 @@ class SimSession:
             self.counters.adoptions += 1
             return Outcome.ADOPTED
         return self._redeem(current, now)
+
+    # -- release 2.1.332 -------------------------------------------------------------------
+    def _refresh_332(self, seen: Credential, now: float, unauthorized: bool) -> Outcome:
+        lock = oauth_refresh_lock(self.config_dir)
+        started = self._monotonic()
+        retries, first_try, first_mtime = 0, started, None
+        waited = False  # the lock was found held at least once in this refresh
+        try:
+            while True:
+                at = now + (self._monotonic() - started)  # the wall clock moves while waiting
+                current = self._load()  # 1. re-read: another process may have refreshed
+                if current is None:
+                    self.counters.logged_out_steps += 1
+                    return Outcome.LOGGED_OUT
+                if current.access_token != seen.access_token:  # "race resolved"
+                    self.counters.adoptions += 1
+                    if waited:
+                        self.counters.adopted_while_waiting += 1
+                    return Outcome.ADOPTED
+                if not unauthorized and not self._expiring(current, at):  # 2. not needed now
+                    return Outcome.IDLE
+                if lock.held:  # taken over below
+                    return self._refresh_locked(seen, at, unauthorized)
+                try:
+                    lock.acquire(0)  # 3. one attempt, no waiting
+                except LockError:  # 4. ELOCKED
+                    waited = True
+                    if first_mtime is None:
+                        first_mtime = self._lock_mtime(lock)
+                    if retries < self.lock_retries:
+                        retries += 1
+                        self._sleep(self._rng.uniform(*self.retry_sleep_s))
+                        continue
+                    rest = self.takeover_watch_s - (self._monotonic() - first_try)
+                    if rest > 0:
+                        self._sleep(rest)
+                    mtime = self._lock_mtime(lock)
+                    if mtime is None:  # released meanwhile: try again (the count stays)
+                        continue
+                    if mtime != first_mtime:  # the holder keeps touching it: alive
+                        self.counters.lock_busy += 1
+                        return Outcome.LOCK_BUSY
+                    self._take_over(lock)  # a static mtime: the holder is dead
+                    retries, first_try, first_mtime = 0, self._monotonic(), None
+                    continue
+                return self._refresh_locked(seen, at, unauthorized)  # 5. with the lock
+        finally:
+            lock.release()
+
+    @staticmethod
+    def _lock_mtime(lock: MkdirLock) -> float | None:
+        try:
+            return os.stat(lock.path).st_mtime
+        except FileNotFoundError:
+            return None
+
+    def _take_over(self, lock: MkdirLock) -> None:
+        """Remove a dead holder's lock, record this process as the owner and take it; another
+        contender may take it first, and then the next attempt finds it held again."""
+        with contextlib.suppress(OSError):
+            os.rmdir(lock.path)
+        atomic_write(self.config_dir / OAUTH_LOCK_OWNER_FILE,
+                     json.dumps({"pid": os.getpid()}).encode())
+        with contextlib.suppress(LockError):
+            lock.acquire(0)
+            self.counters.takeovers += 1
 
     def _redeem(self, sent: Credential, now: float) -> Outcome:
         self.counters.requests += 1
@@ -287,7 +412,8 @@ class SimSession:
             if current is not None and current.refresh_token != sent.refresh_token:
                 self.counters.adoptions += 1
                 return Outcome.ADOPTED
-            self._write(doc, blank_oauth(sent))
+            self._write(doc, blank_oauth_332(sent) if self.release is Release.V2_1_332
+                        else blank_oauth(sent))
             self.counters.forced_relogins += 1
             if self._relogin is not None:
                 with contextlib.suppress(SimHttpError):
@@ -325,6 +451,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--check-url", default=None, help="API check endpoint (401 modelling)")
     parser.add_argument("--relogin-url", default=None, help="log in again after a clear")
     parser.add_argument("--no-cas", action="store_true", help="behave like release 2.1.37")
+    parser.add_argument("--release", choices=[r.value for r in Release], default=None,
+                        help="the CLI release modelled (default: current, or 2.1.37 with "
+                             "--no-cas)")
     parser.add_argument("--window-s", type=float, default=CLI_WINDOW_S)
     parser.add_argument("--interval-s", type=float, default=0.1)
     parser.add_argument("--duration-s", type=float, default=10.0)
@@ -336,7 +465,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        release = resolve_release(False if args.no_cas else None, args.release)
+    except ValueError as exc:
+        parser.error(str(exc))
     stop = threading.Event()
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -344,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     session = SimSession(
-        args.config_dir, args.token_url, cas=not args.no_cas, window_s=args.window_s,
+        args.config_dir, args.token_url, release=release, window_s=args.window_s,
         check=HttpCheck(args.check_url) if args.check_url else None,
         relogin=HttpRelogin(args.relogin_url) if args.relogin_url else None, name=args.name)
     if args.start_at is not None:
