@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import signal
 import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,14 @@ import pytest
 from agent.clock import FakeClock, SystemClock
 from agent.locks.mkdirlock import legacy_refresh_lock, oauth_refresh_lock
 from agent.sim.server import OAuthServer
-from agent.sim.session import Outcome, SimSession
+from agent.sim.session import (
+    OAUTH_LOCK_OWNER_FILE,
+    Outcome,
+    Release,
+    SimSession,
+    _parser,
+    main,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 LIFETIME_S = 3600
@@ -340,3 +349,258 @@ def test_processes_in_two_config_dirs_sharing_a_login_lose_it(
     assert sum(r["forced_relogins"] for r in reports) == 2
     assert server.stats().revoked_families == 1
     assert [oauth_of(d)["expiresAt"] for d in dirs] == [0, 0]
+
+
+# -- release 2.1.332: one lock attempt at a time, retries, the mtime watch, takeover --------
+
+NEVER_CALLED = "http://127.0.0.1:9/never-called"
+
+
+class FakeSleep:
+    """The session's injected sleep: it advances the fake clock at once and then does what a
+    test wants to happen meanwhile (``during(n)`` after the n-th sleep, from 1)."""
+
+    def __init__(self, clock: FakeClock, during: Callable[[int], None] | None = None) -> None:
+        self.clock = clock
+        self.during = during
+        self.slept: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.clock.advance(seconds)
+        if self.during is not None:
+            self.during(len(self.slept))
+
+
+def session_332(config_dir: Path, token_url: str, clock: FakeClock, sleep: FakeSleep,
+                **kwargs: Any) -> SimSession:
+    return SimSession(config_dir, token_url, release="2.1.332", sleep=sleep,
+                      monotonic=clock.monotonic, rng=random.Random(332), **kwargs)
+
+
+def expiring_login(clock: FakeClock, tag: str) -> dict[str, Any]:
+    return {"accessToken": f"sim-at-{tag}", "refreshToken": f"sim-rt-{tag}",
+            "expiresAt": round((clock.now() + 60) * 1000), "subscriptionType": "max"}
+
+
+def someone_holds_the_lock(config_dir: Path) -> Path:
+    lock_dir = config_dir / ".oauth_refresh.lock"
+    lock_dir.mkdir()
+    return lock_dir
+
+
+def test_release_defaults_follow_the_cas_flag(tmp_path: Path) -> None:
+    assert SimSession(tmp_path, NEVER_CALLED).release is Release.CURRENT
+    assert SimSession(tmp_path, NEVER_CALLED, cas=True).release is Release.CURRENT
+    assert SimSession(tmp_path, NEVER_CALLED, cas=False).release is Release.V2_1_37
+    new = SimSession(tmp_path, NEVER_CALLED, release="2.1.332")
+    assert (new.release, new.cas) == (Release.V2_1_332, True)
+    assert SimSession(tmp_path, NEVER_CALLED, release="2.1.37").cas is False
+    with pytest.raises(ValueError):
+        SimSession(tmp_path, NEVER_CALLED, cas=False, release="current")
+    with pytest.raises(ValueError):
+        SimSession(tmp_path, NEVER_CALLED, release="2.2")
+
+
+def test_the_command_line_takes_a_release(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["--config-dir", str(tmp_path), "--token-url", NEVER_CALLED]
+    assert _parser().parse_args([*base, "--release", "2.1.332"]).release == "2.1.332"
+    assert main([*base, "--release", "2.1.332", "--duration-s", "0"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["adopted_while_waiting"], report["takeovers"]) == (0, 0)
+    with pytest.raises(SystemExit):
+        main([*base, "--no-cas", "--release", "2.1.332"])
+    with pytest.raises(SystemExit):
+        _parser().parse_args([*base, "--release", "2.2"])
+
+
+@pytest.mark.parametrize(("retry_s", "sleeps"), [
+    (1.0, [1.0] * 5 + [2.5]),  # the shortest retries: the watch waits out the rest of 7.5 s
+    (2.0, [2.0] * 5),  # the longest: 10 s already past the watch
+    (None, None),  # random 1-2 s
+])
+def test_2_1_332_gives_up_on_a_lock_whose_holder_is_alive(
+        tmp_path: Path, clock: FakeClock, retry_s: float | None,
+        sleeps: list[float] | None) -> None:
+    write_login(tmp_path, expiring_login(clock, "1"))
+    before = oauth_of(tmp_path)
+    lock_dir = someone_holds_the_lock(tmp_path)
+
+    def holder_touches_it(n: int) -> None:  # as the live holder's keeper does
+        mtime = os.stat(lock_dir).st_mtime + 1
+        os.utime(lock_dir, (mtime, mtime))
+
+    sleep = FakeSleep(clock, holder_touches_it)
+    extra = {} if retry_s is None else {"retry_sleep_s": (retry_s, retry_s)}
+    sim = session_332(tmp_path, NEVER_CALLED, clock, sleep, **extra)
+    assert sim.step(clock.now()) is Outcome.LOCK_BUSY
+    if sleeps is not None:
+        assert sleep.slept == pytest.approx(sleeps)
+    retries = sleep.slept[:5]
+    assert all(1.0 <= s <= 2.0 for s in retries)
+    assert len(sleep.slept) == (6 if sum(retries) < 7.5 else 5)  # the rest of the 7.5 s watch
+    assert clock.monotonic() == pytest.approx(max(7.5, sum(retries)))
+    assert (sim.counters.lock_busy, sim.counters.requests, sim.counters.takeovers) == (1, 0, 0)
+    assert lock_dir.is_dir()  # still the holder's
+    assert not (tmp_path / OAUTH_LOCK_OWNER_FILE).exists()
+    assert oauth_of(tmp_path) == before
+
+
+@pytest.mark.integration
+def test_2_1_332_takes_over_a_lock_whose_holder_died(tmp_path: Path, server: OAuthServer,
+                                                    clock: FakeClock) -> None:
+    write_login(tmp_path, server.issue_login())
+    into_window(clock)
+    lock_dir = someone_holds_the_lock(tmp_path)  # and nobody touches it again
+    sleep = FakeSleep(clock)
+    sim = session_332(tmp_path, server.url, clock, sleep, check=server.check_access)
+    started = clock.monotonic()
+    assert sim.step(clock.now()) is Outcome.REFRESHED
+    assert clock.monotonic() - started == pytest.approx(max(7.5, sum(sleep.slept[:5])))
+    assert (sim.counters.takeovers, sim.counters.requests, sim.counters.refreshes) == (1, 1, 1)
+    assert server.stats().token_requests == 1
+    owner = json.loads((tmp_path / OAUTH_LOCK_OWNER_FILE).read_text())
+    assert owner == {"pid": os.getpid()}
+    assert not lock_dir.exists()  # taken over, then released
+    assert server.check_access(oauth_of(tmp_path)["accessToken"])
+    assert oauth_of(tmp_path)["expiresAt"] == round((clock.now() + LIFETIME_S) * 1000)
+
+
+def test_2_1_332_adopts_a_token_written_while_it_retries(tmp_path: Path,
+                                                        clock: FakeClock) -> None:
+    write_login(tmp_path, expiring_login(clock, "1"))
+    lock_dir = someone_holds_the_lock(tmp_path)
+    lock_mtime = os.stat(lock_dir).st_mtime
+    fresh = {**expiring_login(clock, "2"), "expiresAt": round((clock.now() + 3600) * 1000)}
+
+    def holder_saves_its_refresh(n: int) -> None:
+        if n == 2:
+            write_login(tmp_path, fresh)
+
+    sleep = FakeSleep(clock, holder_saves_its_refresh)
+    sim = session_332(tmp_path, NEVER_CALLED, clock, sleep)
+    assert sim.step(clock.now()) is Outcome.ADOPTED
+    assert len(sleep.slept) == 2
+    assert (sim.counters.adopted_while_waiting, sim.counters.adoptions) == (1, 1)
+    assert (sim.counters.requests, sim.counters.takeovers, sim.counters.lock_busy) == (0, 0, 0)
+    assert os.stat(lock_dir).st_mtime == lock_mtime  # never taken, never removed
+    assert not (tmp_path / OAUTH_LOCK_OWNER_FILE).exists()
+    assert oauth_of(tmp_path) == fresh
+    assert sim.step(clock.now()) is Outcome.IDLE
+
+
+def test_2_1_332_adopts_a_changed_access_token_before_it_locks(tmp_path: Path,
+                                                              clock: FakeClock) -> None:
+    write_login(tmp_path, {**expiring_login(clock, "1"), "expiresAt": 10**13})
+    fresh = {**expiring_login(clock, "2"), "expiresAt": 10**13}
+
+    def api_says_401_while_another_process_refreshes(access_token: str) -> bool:
+        write_login(tmp_path, fresh)
+        return False
+
+    sleep = FakeSleep(clock)
+    sim = session_332(tmp_path, NEVER_CALLED, clock, sleep,
+                      check=api_says_401_while_another_process_refreshes)
+    assert sim.step(clock.now()) is Outcome.ADOPTED
+    assert (sim.counters.adoptions, sim.counters.adopted_while_waiting) == (1, 0)
+    assert (sleep.slept, sim.counters.requests) == ([], 0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".credentials.json"]
+
+
+@pytest.mark.integration
+def test_2_1_332_takes_only_the_oauth_refresh_lock(tmp_path: Path, server: OAuthServer,
+                                                   clock: FakeClock) -> None:
+    config_dir = tmp_path / "c"
+    write_login(config_dir, server.issue_login())
+    into_window(clock)
+    sleep = FakeSleep(clock)
+    sim = session_332(config_dir, server.url, clock, sleep, check=server.check_access)
+    with legacy_refresh_lock(config_dir).hold(1):
+        assert sim.step(clock.now()) is Outcome.REFRESHED
+    assert (sleep.slept, sim.counters.requests, sim.counters.refreshes) == ([], 1, 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+    assert sorted(p.name for p in config_dir.iterdir()) == [".credentials.json"]
+
+
+@pytest.mark.integration
+def test_2_1_332_saves_with_compare_and_swap(tmp_path: Path, server: OAuthServer,
+                                             clock: FakeClock) -> None:
+    write_login(tmp_path, server.issue_login())
+    other_writer = server.issue_login()
+    server.on_token_request = lambda: write_login(tmp_path, other_writer)
+    into_window(clock)
+    sim = session_332(tmp_path, server.url, clock, FakeSleep(clock), check=server.check_access)
+    assert sim.step(clock.now()) is Outcome.ADOPTED
+    assert oauth_of(tmp_path)["refreshToken"] == other_writer["refreshToken"]
+    assert (sim.counters.requests, sim.counters.refreshes) == (1, 0)
+
+
+@pytest.mark.integration
+def test_2_1_332_clears_to_its_dead_login_form(tmp_path: Path, server: OAuthServer,
+                                               clock: FakeClock) -> None:
+    spent = {**server.issue_login(), "refreshToken": "sim-rt-spent", "loginEnded": "time_limit"}
+    write_login(tmp_path, spent)
+    into_window(clock)
+    sim = session_332(tmp_path, server.url, clock, FakeSleep(clock), check=server.check_access)
+    assert sim.step(clock.now()) is Outcome.CLEARED
+    kept = {k: v for k, v in spent.items() if k != "loginEnded"}
+    assert oauth_of(tmp_path) == {**kept, "accessToken": "", "refreshToken": "", "expiresAt": 0}
+    assert stored(tmp_path)["mcpOAuth"] == MCP
+    assert (sim.counters.invalid_grants, sim.counters.forced_relogins) == (1, 1)
+
+
+HOLDER = """
+import sys
+from pathlib import Path
+from agent.locks.mkdirlock import oauth_refresh_lock
+lock = oauth_refresh_lock(Path(sys.argv[1]))
+lock.acquire(0)  # the shared keeper touches its mtime every 5 s from now on
+print("held", flush=True)
+sys.stdin.readline()
+lock.release()
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("holder_fate", ["alive", "killed"])
+def test_2_1_332_against_a_real_holder_process(tmp_path: Path, realtime_server: OAuthServer,
+                                               holder_fate: str) -> None:
+    # Real sleeps, the CLI's own 1-2 s retries and 7.5 s watch: each case takes 7.5-10 s.
+    server = realtime_server
+    write_login(tmp_path, server.issue_login())
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path)], cwd=REPO, stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        if holder_fate == "killed":
+            holder.send_signal(signal.SIGKILL)
+            holder.wait(timeout=5)
+        sim = SimSession(tmp_path, server.url, release=Release.V2_1_332,
+                         check=server.check_access)
+        started = time.monotonic()
+        outcome = sim.step(time.time())
+        elapsed = time.monotonic() - started
+        assert 7.5 <= elapsed < 11
+        if holder_fate == "alive":
+            assert outcome is Outcome.LOCK_BUSY
+            assert (sim.counters.requests, sim.counters.takeovers) == (0, 0)
+            assert holder.poll() is None
+            assert holder.stdin is not None
+            holder.stdin.write("\n")
+            holder.stdin.close()
+            assert holder.wait(timeout=5) == 0
+            assert sim.step(time.time()) is Outcome.REFRESHED  # the lock is free now
+        else:
+            assert outcome is Outcome.REFRESHED
+            assert sim.counters.takeovers == 1
+            owner = json.loads((tmp_path / OAUTH_LOCK_OWNER_FILE).read_text())
+            assert owner == {"pid": os.getpid()}
+        assert sim.counters.requests == server.stats().token_requests == 1
+        assert not (tmp_path / ".oauth_refresh.lock").exists()
+        assert server.check_access(oauth_of(tmp_path)["accessToken"])
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.communicate(timeout=5)
