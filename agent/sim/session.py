@@ -23,7 +23,7 @@ saves with compare-and-swap; its cleared login also drops ``loginEnded``.
 
 HTTP goes through urllib, independent of the refresher under test. As a process:
 ``python -m agent.sim.session --config-dir D --token-url U --duration-s 5`` prints its counters as
-one JSON line when it ends.
+one JSON line when it ends; ``--release 2.1.332`` (or ``--no-cas`` for 2.1.37) picks the release.
 """
 
 from __future__ import annotations
