@@ -587,10 +587,8 @@ def test_2_1_332_against_a_real_holder_process(tmp_path: Path, realtime_server: 
             assert outcome is Outcome.LOCK_BUSY
             assert (sim.counters.requests, sim.counters.takeovers) == (0, 0)
             assert holder.poll() is None
-            assert holder.stdin is not None
-            holder.stdin.write("\n")
-            holder.stdin.close()
-            assert holder.wait(timeout=5) == 0
+            holder.communicate("\n", timeout=5)  # it releases the lock and exits
+            assert holder.returncode == 0
             assert sim.step(time.time()) is Outcome.REFRESHED  # the lock is free now
         else:
             assert outcome is Outcome.REFRESHED
@@ -603,4 +601,4 @@ def test_2_1_332_against_a_real_holder_process(tmp_path: Path, realtime_server: 
     finally:
         if holder.poll() is None:
             holder.kill()
-        holder.communicate(timeout=5)
+        holder.communicate(timeout=5)  # closes its pipes
