@@ -211,6 +211,9 @@ class RefreshSection(Section):
     client_window_s: float = Field(300, ge=0, description="seconds, 0 or more")
     margin_s: float = Field(60, ge=0, description="seconds, 0 or more")
     nominal_lifetime_s: float = Field(8 * 3600, gt=0, description="seconds, more than 0")
+    hold_cli_locks: bool = Field(
+        True, description="true or false: hold the CLI's refresh locks while a login is kept, "
+                          "so that sessions waking after a sleep wait for credsync")
     max_lifetime_s: float = Field(
         86400, gt=0, description="seconds, more than 0: a credential claiming to expire later "
                                  "than this from now never wins")

@@ -14,7 +14,6 @@ import itertools
 import json
 import os
 import queue
-import random
 import shutil
 import socket
 import subprocess
@@ -455,8 +454,7 @@ class Loop:
         coord = Coordinator(self.section, writer, self.dirs, self.refresher, self.clock,
                             lock_wait_s=1, cli_lock_wait_s=0.5)
         # Full-ceiling backoff (1, 2, 4 ... 60 s): the delays are exact.
-        driver = RefreshDriver(coord, Backoff(min_s=1, max_s=60, rand=lambda: 1.0),
-                               random.Random(7))
+        driver = RefreshDriver(coord, Backoff(min_s=1, max_s=60, rand=lambda: 1.0))
         agent = Agent([*self.files, self.sink], self.state, self.clock, self.events,
                       refresh=driver)
         agent.load()

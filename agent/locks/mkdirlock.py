@@ -33,8 +33,13 @@ class MkdirLock:
         wall: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         marked: bool = False,
+        kept: bool = True,
     ) -> None:
         self.path = path
+        # Kept fresh by the shared keeper thread; a lock held for long is touched by its owner's
+        # own loop instead (agent.locks.guard), so that a stuck owner stops looking alive.
+        self.kept = kept
+        self._inode: int | None = None
         # credsync's own locks carry an owner mark and free a lock whose marked owner died
         # (agent.locks.owner); the CLI's locks, and the simulated CLI's, are left unmarked.
         self.marked = marked
@@ -52,6 +57,7 @@ class MkdirLock:
         owner = lockowner.tag() if self.marked else None
         try:
             os.mkdir(self.path, 0o700)
+            self._inode = os.stat(self.path).st_ino
             if owner is not None:
                 lockowner.mark(self.path, owner)
         except FileExistsError:
@@ -80,14 +86,14 @@ class MkdirLock:
     def acquire(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while True:
-            if self._try_mkdir():
+            taken = self._try_mkdir()
+            if not taken:
+                self._remove_if_stale()
+                taken = self._try_mkdir()
+            if taken:
                 self._held = True
-                KEEPER.add(self)
-                return
-            self._remove_if_stale()
-            if self._try_mkdir():
-                self._held = True
-                KEEPER.add(self)
+                if self.kept:
+                    KEEPER.add(self)
                 return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -98,9 +104,22 @@ class MkdirLock:
         if not self._held:
             return
         KEEPER.remove(self)  # no touch after this returns
+        ours = self.still_ours()  # never remove a lock someone took over from us
         self._held = False
-        with contextlib.suppress(OSError):
-            os.rmdir(self.path)
+        if ours:
+            with contextlib.suppress(OSError):
+                os.rmdir(self.path)
+
+    def still_ours(self) -> bool:
+        """The lock dir is the one we made (not taken over and made again by someone else)."""
+        try:
+            return self._held and os.stat(self.path).st_ino == self._inode
+        except OSError:
+            return False
+
+    def touch(self, mtime: float) -> None:
+        """Set the lock's mtime, the time others judge its holder's liveness by."""
+        os.utime(self.path, (mtime, mtime))
 
     @contextlib.contextmanager
     def hold(self, timeout_s: float) -> Iterator[MkdirLock]:

@@ -114,3 +114,14 @@ def remove_if_orphaned(path: Path) -> bool:
     except OSError:
         return False
     return True
+
+
+def held_by_live_credsync(path: Path) -> bool:
+    """The lock carries the mark of a credsync process on this host that is alive (possibly
+    this one): the agent's guard, or the process that shares the refresh lock with the caller."""
+    value, host = _owner(path), _host()
+    if value is None or host is None:
+        return False
+    parts = value.decode(errors="replace").rsplit(" ", 2)
+    return (len(parts) == 3 and parts[0] == host and parts[1].isdigit()
+            and _start_time(int(parts[1])) == parts[2])

@@ -20,6 +20,7 @@ from agent.credential import Reading, ReadState
 from agent.errors import StoreError
 from agent.fsutil import remove_stale_temps, write_target
 from agent.ledger import Ledger, StoreMemory
+from agent.locks.guard import CliLockGuard
 from agent.loop.watcher import DirsChanged, FileChanged
 from agent.notify.alerting import Alerting, observation
 from agent.reconcile import GARBAGE_GRACE_S, Reconciler, RoundReport
@@ -66,6 +67,7 @@ class Agent:
         refresh: RefreshDriver | None = None,
         alerting: Alerting | None = None,
         writer: Reconciler | None = None,
+        guard: CliLockGuard | None = None,
     ) -> None:
         if writer is None:
             # The refresh coordinator writes the stores inside its locks: through the very same
@@ -82,6 +84,7 @@ class Agent:
         self.on_round = on_round
         self.refresh = refresh
         self.alerting = alerting
+        self.guard = guard
         self.config_dirs = {s.name: str(s.config_dir) for s in self.stores
                             if s.config_dir is not None}
         self.rounds = 0
@@ -146,6 +149,13 @@ class Agent:
         verdict = report.verdict
         if self.refresh is not None:
             self.refresh.observe(report.winner)
+        if self.guard is not None:
+            # The CLI's refresh locks are held while there is a login to keep, so that sessions
+            # waking with an expired token wait for credsync instead of racing each other.
+            if report.winner is not None:
+                self.guard.hold(now)
+            else:
+                self.guard.release()
         if self.alerting is not None and verdict is not None:
             self.alerting.observe(observation(verdict, self.config_dirs, now))
         self.rounds += 1
@@ -225,6 +235,9 @@ class Agent:
         refresh_at = self.refresh.next_at() if self.refresh is not None else None
         if refresh_at is not None:
             deadlines.append(refresh_at)
+        beat_at = self.guard.next_beat() if self.guard is not None else None
+        if beat_at is not None:
+            deadlines.append(beat_at)
         return max(0.0, min(min(deadlines) - now, TICK_S))
 
     def _follow_clock(self, now: float) -> None:
@@ -250,6 +263,9 @@ class Agent:
         retry_due = self._retry_at is not None and now >= self._retry_at
         if now >= self._next_audit:
             self.recover()
+        beat_at = self.guard.next_beat() if self.guard is not None else None
+        if beat_at is not None and now >= beat_at and self.guard is not None:
+            self.guard.beat(now)
         if (self._dirty and self._due is not None and now >= self._due) or \
                 now >= self._next_audit or garbage_due or retry_due:
             self._dirty, self._due = False, None
@@ -303,6 +319,8 @@ class Agent:
             while self.stopping is None:
                 self.step()
         finally:
+            if self.guard is not None:
+                self.guard.release()
             if self.watcher is not None:
                 self.watcher.stop()
             self.save({"stopped_at": self.clock.now()})

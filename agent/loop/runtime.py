@@ -50,6 +50,7 @@ def run_agent(settings: Settings, config_path: Path, events: queue.Queue[object]
             f"another agent already runs for {ledger.path} (pid {pid}); stop it first",
             pid) from exc
     # The loop's modules (watchdog among them) are loaded only by the command that runs it.
+    from agent.locks.guard import CliLockGuard
     from agent.loop.agent import Agent
     from agent.loop.watcher import Watcher
     from agent.notify.alerting import Alerting
@@ -67,9 +68,11 @@ def run_agent(settings: Settings, config_path: Path, events: queue.Queue[object]
                 driver = RefreshDriver(coord, Backoff())
             watch = [s.watch_path for s in stores if s.watch_path is not None]
             alerting = Alerting(settings.notify, build_notifier(settings.notify), ledger, clock)
+            guard = CliLockGuard(settings.claude.config_dirs) \
+                if settings.refresh.enabled and settings.refresh.hold_cli_locks else None
             agent = Agent(stores, ledger, clock, events, Watcher(watch, events),
                           debounce_s=settings.agent.debounce_ms / 1000, refresh=driver,
-                          alerting=alerting, writer=coord.writer)
+                          alerting=alerting, writer=coord.writer, guard=guard)
             agent.load()
             log.info("started: %d stores, config %s, state %s", len(stores), config_path,
                      ledger.path)

@@ -29,6 +29,7 @@ from agent.clock import Clock
 from agent.credential import Credential
 from agent.errors import InvalidGrantError, LockError, StoreError, TransientRefreshError
 from agent.ledger import token_hash
+from agent.locks import owner as lockowner
 from agent.locks.filelock import FileLock
 from agent.locks.mkdirlock import MkdirLock, legacy_refresh_lock, oauth_refresh_lock
 from agent.reconcile import Reconciler
@@ -42,6 +43,7 @@ log = logging.getLogger("credsync.refresh")
 CLI_LOCK_WAIT_S = 10.0
 LOCK_SLICE_S = 0.2  # lock waits are cut in slices: a stop request is noticed between them
 POLL_S = 0.02  # how often the loop looks up from its events while the token server answers
+MKDIR_POLL_S = 0.05  # between two tries of a CLI lock (mkdir)
 # Asked to stop while the token server is answering: wait this long for the answer, then go.
 # The service manager's deadline is 2 s; an answer that comes later still reaches last-good.
 STOP_GRACE_S = 1.2
@@ -207,8 +209,8 @@ class Coordinator:
             _acquire(self.lock, self.lock_wait_s, pause)
             stack.callback(self.lock.release)
             for lock in self.cli_locks():
-                _acquire(lock, self.cli_lock_wait_s, pause)
-                stack.callback(lock.release)
+                if _acquire(lock, self.cli_lock_wait_s, pause):
+                    stack.callback(lock.release)
             yield
 
     # ----- refreshing --------------------------------------------------------------------
@@ -354,16 +356,22 @@ class Stopping(LockError):
     """The agent was asked to stop while a refresh waited for a lock or an answer."""
 
 
-def _acquire(lock: FileLock | MkdirLock, wait_s: float, pause: Pause) -> None:
+def _acquire(lock: FileLock | MkdirLock, wait_s: float, pause: Pause) -> bool:
+    """Take ``lock`` within ``wait_s``; False when a live credsync process keeps it for us."""
     deadline = time.monotonic() + wait_s
+    mkdir = isinstance(lock, MkdirLock)
     while True:
         try:
-            lock.acquire(max(0.0, min(LOCK_SLICE_S, deadline - time.monotonic())))
-            return
+            lock.acquire(0 if mkdir else max(0.0, min(LOCK_SLICE_S, deadline - time.monotonic())))
+            return True
         except LockError:
+            # The agent's guard (agent.locks.guard) holds the CLI's locks all the time; under
+            # credsync's own refresh lock, that is the same as holding them ourselves.
+            if mkdir and lockowner.held_by_live_credsync(lock.path):
+                return False
             if time.monotonic() >= deadline:
                 raise
-        if pause(0):
+        if pause(MKDIR_POLL_S if mkdir else 0):
             raise Stopping("stopped while waiting for a refresh lock")
 
 
@@ -405,7 +413,7 @@ class BackoffLike(Protocol):
     def delay(self, attempt: int, retry_after_s: float | None = None) -> float: ...
 
 
-STAMPEDE_DELAY_S = (1.0, 10.0)  # after a suspend, wait this long (random) before refreshing
+LATE_S = 30.0  # a deadline missed by more than this was slept through
 
 
 class RefreshDriver:
@@ -414,11 +422,9 @@ class RefreshDriver:
     The agent asks ``next_at()`` for its queue timeout and calls ``due(now)`` on every step.
     """
 
-    def __init__(self, coordinator: Coordinator, backoff: BackoffLike,
-                 rng: random.Random | None = None) -> None:
+    def __init__(self, coordinator: Coordinator, backoff: BackoffLike) -> None:
         self.coordinator = coordinator
         self.backoff = backoff
-        self.rng = rng or random.Random()
         self.current: Credential | None = None
         self.deadline: float | None = None
         self.retry_at: float | None = None
@@ -453,11 +459,10 @@ class RefreshDriver:
         at = self.next_at()
         if at is None or now < at or self.current is None:
             return None
-        if self.retry_at is None and now - at > 30.0:
-            # Woken long after the deadline (a suspend): every machine and agent sharing this
-            # login woke too; a short random delay keeps them from stampeding the server.
-            self.retry_at = now + self.rng.uniform(*STAMPEDE_DELAY_S)
-            return None
+        if now - at > LATE_S:
+            # Woken long after the deadline (a suspend): at once, no jitter. The herd is this
+            # machine's own sessions, which wait on the CLI locks the guard holds for us.
+            log.info("refresh due %.0f s ago (the machine slept?): refreshing now", now - at)
         outcome = self.coordinator.run(self.current, pause=pause)
         self.last = outcome
         self._after(outcome, now)
