@@ -40,6 +40,7 @@ class MkdirLock:
         # own loop instead (agent.locks.guard), so that a stuck owner stops looking alive.
         self.kept = kept
         self._inode: int | None = None
+        self._mark: bytes | None = None
         # credsync's own locks carry an owner mark and free a lock whose marked owner died
         # (agent.locks.owner); the CLI's locks, and the simulated CLI's, are left unmarked.
         self.marked = marked
@@ -58,6 +59,7 @@ class MkdirLock:
         try:
             os.mkdir(self.path, 0o700)
             self._inode = os.stat(self.path).st_ino
+            self._mark = owner
             if owner is not None:
                 lockowner.mark(self.path, owner)
         except FileExistsError:
@@ -111,11 +113,15 @@ class MkdirLock:
                 os.rmdir(self.path)
 
     def still_ours(self) -> bool:
-        """The lock dir is the one we made (not taken over and made again by someone else)."""
+        """The lock dir is the one we made, not one someone made again after taking it over (a
+        new directory may get the old one's inode number: a marked lock is told by its mark)."""
         try:
-            return self._held and os.stat(self.path).st_ino == self._inode
+            same = os.stat(self.path).st_ino == self._inode
         except OSError:
             return False
+        if self._mark is not None:
+            same = same and lockowner.mark_of(self.path) == self._mark
+        return self._held and same
 
     def touch(self, mtime: float) -> None:
         """Set the lock's mtime, the time others judge its holder's liveness by."""

@@ -82,6 +82,11 @@ def mark(path: Path, value: bytes | None) -> None:
         os.setxattr(path, ATTR, value)
 
 
+def mark_of(path: Path) -> bytes | None:
+    """The owner mark on ``path``, if any."""
+    return _owner(path)
+
+
 def _owner(path: Path) -> bytes | None:
     if not hasattr(os, "getxattr"):
         return None
