@@ -29,7 +29,8 @@ ORDER = ("propagation", "sessions", "contention", "idle", "startup")
 # The other benchmarks run through their own main(): these are their arguments per mode.
 EXTERNAL_ARGS: dict[str, dict[str, list[str]]] = {
     "sessions": {"full": [], "quick": ["--lifetimes", "20", "--lifetime-s", "1.5"],
-                 "smoke": ["--lifetimes", "2", "--lifetime-s", "1", "--current-only"]},
+                 "smoke": ["--lifetimes", "2", "--lifetime-s", "1", "--current-only",
+                           "--no-wake"]},
     "contention": {"full": [], "quick": ["--rounds", "2"],
                    "smoke": ["--rounds", "1", "--processes", "4"]},
 }

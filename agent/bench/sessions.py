@@ -6,17 +6,24 @@ against one simulated OAuth server) for the current CLI model and the older one 
 no compare-and-swap), each without and with the real agent. It prints a table and writes the
 same figures as JSON. Goal with credsync: 0 forced re-logins, 0 invalid_grant, 1.00 token
 requests per rotation. A missed goal makes the exit status 1.
+
+The "wake" case (``agent.sim.wake``): six simulated 2.1.332 sessions in three dirs and the
+agent stopped past the token's expiry and resumed together, every session calling at once,
+without and with credsync. Goal with credsync: 0 forced re-logins, 0 reused refresh tokens; the
+refused first turns and the time from the wake to a live token in every dir are reported.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.bench import kit
+from agent.sim.wake import WakeConfig, WakeResult, run_wake
 from agent.sim.world import WorldConfig, WorldResult, format_results, run_world
 
 DEFAULT_JSON = Path("bench-results-sessions.json")
@@ -29,6 +36,7 @@ class SessionsConfig:
     lifetimes: float = 20.0
     lifetime_s: float = 3.0
     clis: tuple[bool, ...] = (True, False)  # compare-and-swap: the current CLI, then 2.1.37
+    wake: bool = True  # the sleep-and-wake case too
 
     def worlds(self) -> list[WorldConfig]:
         return [WorldConfig(sessions=self.sessions, dirs=self.dirs, lifetimes=self.lifetimes,
@@ -51,6 +59,34 @@ def goal_rows(result: kit.Result, run: WorldResult) -> None:
         result.row(run.label, "problem", problem, "none", False)
 
 
+def wake_rows(result: kit.Result, run: WakeResult) -> None:
+    judged = run.agent
+    result.row(run.label, "forced re-logins", str(run.forced_relogins), "0" if judged else "",
+               run.forced_relogins == 0 if judged else None)
+    result.row(run.label, "reused refresh tokens", str(run.reused_refresh_tokens),
+               "0" if judged else "", run.reused_refresh_tokens == 0 if judged else None)
+    result.row(run.label, "refused first turns", str(run.refused_first_turns))
+    result.row(run.label, "token requests (by sessions)",
+               f"{run.token_requests} ({run.by_sessions})")
+    shown = "-" if run.wake_to_live_s is None else f"{run.wake_to_live_s:.2f} s"
+    result.row(run.label, "wake to a live token in every dir", shown)
+    for problem in run.errors:
+        result.row(run.label, "problem", problem, "none", False)
+
+
+def run_wakes(result: kit.Result, progress: Callable[[str], None] | None) -> list[WakeResult]:
+    out = []
+    for agent in (False, True):
+        config = WakeConfig(agent=agent)
+        if progress is not None:
+            progress(f"sessions: {config.label}: {config.dirs * config.per_dir} sessions, "
+                     f"{config.dirs} dirs, asleep past the expiry")
+        with tempfile.TemporaryDirectory(prefix="credsync-wake-") as tmp:
+            out.append(run_wake(Path(tmp), config))
+        wake_rows(result, out[-1])
+    return out
+
+
 def run(cfg: SessionsConfig, progress: Callable[[str], None] | None = None
         ) -> tuple[kit.Result, list[WorldResult]]:
     result = kit.Result("sessions")
@@ -62,9 +98,10 @@ def run(cfg: SessionsConfig, progress: Callable[[str], None] | None = None
         outcome = run_world(world)
         runs.append(outcome)
         goal_rows(result, outcome)
+    wakes = run_wakes(result, progress) if cfg.wake else []
     result.data = {"config": {"sessions": cfg.sessions, "dirs": cfg.dirs,
                               "lifetimes": cfg.lifetimes, "lifetime_s": cfg.lifetime_s},
-                   "runs": [r.to_json() for r in runs]}
+                   "runs": [r.to_json() for r in runs], "wake": [w.to_json() for w in wakes]}
     return result, runs
 
 
@@ -79,6 +116,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="access token lifetime in seconds")
     parser.add_argument("--current-only", action="store_true",
                         help="only the current CLI model (skip release 2.1.37)")
+    parser.add_argument("--no-wake", action="store_true", help="skip the sleep-and-wake case")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON,
                         help=f"where to write the figures (default: ./{DEFAULT_JSON})")
     return parser.parse_args(argv)
@@ -87,7 +125,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = SessionsConfig(args.sessions, args.dirs, args.lifetimes, args.lifetime_s,
-                         (True,) if args.current_only else (True, False))
+                         (True,) if args.current_only else (True, False), not args.no_wake)
     result, runs = run(cfg, lambda line: print(line, file=sys.stderr, flush=True))
     print(format_results(runs))
     print()
