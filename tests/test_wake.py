@@ -74,3 +74,28 @@ def test_a_killed_credsync_does_not_block_a_2_1_332_session_past_its_takeover(
     assert session.counters.takeovers == 1 and session.counters.requests == 1
     assert took < 15, f"blocked {took:.1f} s"  # 5 retries of 1-2 s, then the 7.5 s watch
     assert not oauth_refresh_lock(dirs[0]).path.exists()
+
+
+def test_a_session_that_finds_credsync_holding_the_lock_waits_and_adopts(
+        tmp_path: Path, server: OAuthServer) -> None:
+    dirs, expires_at = world(tmp_path, server, n_dirs=1)
+    config = write_config(tmp_path / "config.toml", dirs, tmp_path / "state", keychain=False,
+                          refresh={"token_url": server.url, "nominal_lifetime_s": LIFETIME_S,
+                                   "at_fraction": 0.5, "client_window_s": 0, "margin_s": 0,
+                                   "jitter": 0})
+    agent = AgentProcess(config)
+    try:
+        agent.wait_started(tmp_path / "state")
+        wait_for(lambda: (dirs[0] / ".oauth_refresh.lock").is_dir(), 5, "the guard's lock")
+        assert server.stats().token_requests == 0
+        # A session that wants a refresh now (its window covers the whole life), while
+        # credsync's own deadline (half the life) is still a few seconds away.
+        session = SimSession(dirs[0], server.url, release=Release.V2_1_332,
+                             window_s=LIFETIME_S)
+        outcome = session.step(time.time())
+    finally:
+        agent.stop()
+    assert outcome is Outcome.ADOPTED, session.counters
+    assert session.counters.adopted_while_waiting == 1 and session.counters.requests == 0
+    assert session.counters.lock_busy == 0 and server.stats().token_requests == 1
+    assert time.time() < expires_at  # adopted before the old token even expired
