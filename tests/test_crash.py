@@ -86,6 +86,7 @@ class CrashWorld:
         root.mkdir(parents=True)
         self.root = root
         self.rng = random.Random(seed)
+        self.guarded = seed % 2 == 0  # half the worlds with the wake guard, half without
         self.server = OAuthServer(access_lifetime_s=LIFETIME_S).start()
         self.requests = threading.Event()
         self.server.on_token_request = self.requests.set
@@ -101,8 +102,12 @@ class CrashWorld:
             sinks=[{"path": s.path, "format": s.format} for s in self.sinks],
             refresh={"token_url": self.server.url, "jitter": 0, "at_fraction": 0.5,
                      "client_window_s": 0, "margin_s": 0, "nominal_lifetime_s": LIFETIME_S,
-                     "timeout_s": 5})
-        self.session = SimSession(self.dirs[0], self.server.url, window_s=1e9, lock_wait_s=20)
+                     "timeout_s": 5, "hold_cli_locks": self.guarded})
+        # With the wake guard the agent holds the CLI's refresh locks: the session's refresh
+        # is refused at once (the kill then lands while the agent fans out its own rounds);
+        # without it, the session refreshes and the agent fans the session's login out.
+        self.session = SimSession(self.dirs[0], self.server.url, window_s=1e9,
+                                  lock_wait_s=0.5 if self.guarded else 20)
         self.agent: AgentProcess | None = None
         self.tally = Tally()
         self.login()
@@ -210,7 +215,9 @@ class CrashWorld:
         return None
 
     def locks_free(self) -> bool:
-        if self.lock_dirs():
+        # The running agent holds the CLI's refresh locks (its wake guard); any other lock
+        # left behind, or one marked by a dead process, is a leak.
+        if any(not lockowner.held_by_live_credsync(p) for p in self.lock_dirs()):
             return False
         return not FileLock(self.state / "refresh.lock").is_held_elsewhere()
 
