@@ -12,12 +12,13 @@ never sends a refresh token of its own.
 By the CLI's own rules (proper-lockfile; 2.1.332's dead-holder takeover):
 - the lock is stale when its mtime is older than 60 s: the mtime is set ``AHEAD_S`` into the
   future, so that no sleep shorter than that makes a held lock look stale at wake;
-- 2.1.332 takes a lock over when its mtime does not move for 7.5 s: the mtime is moved every
-  ``BEAT_S`` by the agent's loop itself (not a thread), so a loop that is stuck or dead stops
-  looking alive and the sessions take over;
+- 2.1.332 takes ``.oauth_refresh.lock`` over when its mtime does not move for 7.5 s: the mtime
+  is moved every ``BEAT_S`` by the agent's loop itself (not a thread), so a loop that is stuck
+  or dead stops looking alive and the sessions take over;
 - credsync marks the locks with its owner; a restarted credsync frees the ones its dead
   predecessor left (``release_orphans``). Releases before 2.1.332 have no takeover: for them a
-  SIGKILLed credsync's locks stand until credsync restarts or ``AHEAD_S`` has passed.
+  SIGKILLed credsync's locks stand until credsync starts again (the login item restarts it on
+  failure and at the next login) or ``AHEAD_S`` has passed.
 """
 
 from __future__ import annotations
@@ -32,8 +33,17 @@ from agent.locks.mkdirlock import MkdirLock, legacy_refresh_lock, oauth_refresh_
 
 log = logging.getLogger("credsync.guard")
 
-AHEAD_S = 24 * 3600.0  # the lock's mtime is kept this far ahead: a night's sleep is nothing
-BEAT_S = 2.0  # well under 2.1.332's 7.5 s watch: a live holder is always seen to move
+# The lock's mtime is kept this far ahead: no sleep shorter (a month's holiday with the lid
+# shut) makes a held lock look stale at wake.
+AHEAD_S = 30 * 86400.0
+# 2.1.332 watches the mtime of ``.oauth_refresh.lock`` for 7.5 s: moved every 3.5 s, a live
+# holder is seen to move in any such window. Only while a session may want a refresh (the
+# login near or past its expiry, or just woken): each move costs an inotify event in the
+# config dir the agent watches (watchdog cannot leave attribute changes out while it reports
+# modifications), and in normal times no session looks, since credsync refreshes long before
+# the CLI's own window. Otherwise every lock is moved twice an hour, to stay a day ahead.
+BEAT_S = 3.5
+KEEP_AHEAD_S = 1800.0
 
 
 class CliLockGuard:
@@ -43,6 +53,9 @@ class CliLockGuard:
         self.ahead_s = ahead_s
         self.beat_s = beat_s
         self.locks: dict[Path, MkdirLock] = {}  # held, by path
+        self._touched: dict[Path, float] = {}  # when each held lock's mtime was last moved
+        # No one watches the legacy lock move (only 2.1.332 has a takeover, on the other one).
+        self._legacy = {legacy_refresh_lock(d).path for d in self.config_dirs}
         self._next_beat: float | None = None
 
     def _wanted(self) -> list[MkdirLock]:
@@ -60,6 +73,9 @@ class CliLockGuard:
 
     def hold(self, now: float) -> None:
         """Take every lock not held yet (a session may hold one now: tried again next beat)."""
+        self._next_beat = now + self.beat_s
+        if len(self.locks) == 2 * len(self.config_dirs):
+            return  # all held: nothing to look up on this beat
         for lock in self._wanted():
             if lock.path in self.locks:
                 continue
@@ -70,21 +86,24 @@ class CliLockGuard:
             self.locks[lock.path] = lock
             self._touch(lock, now)
             log.debug("holding %s", lock.path)
-        self._next_beat = now + self.beat_s
 
-    def beat(self, now: float) -> None:
-        """Move every held lock's mtime (and notice one that was taken over); take the rest."""
+    def beat(self, now: float, watched: bool = True) -> None:
+        """Move the held locks' mtimes (``watched``: sessions may be watching them move, so
+        the refresh lock's now, the rest when due); notice one taken over; take the rest."""
         for path, lock in list(self.locks.items()):
             if not lock.still_ours():
                 del self.locks[path]
                 log.warning("%s was taken over by another process", path)
                 continue
-            self._touch(lock, now)
+            if (watched and path not in self._legacy) or \
+                    now - self._touched.get(path, 0.0) >= KEEP_AHEAD_S:
+                self._touch(lock, now)
         self.hold(now)
 
     def _touch(self, lock: MkdirLock, now: float) -> None:
         try:
             lock.touch(now + self.ahead_s)
+            self._touched[lock.path] = now
         except OSError as exc:
             log.warning("cannot touch %s: %s", lock.path, exc.strerror or exc)
 
@@ -95,4 +114,5 @@ class CliLockGuard:
         for lock in self.locks.values():
             lock.release()
         self.locks.clear()
+        self._touched.clear()
         self._next_beat = None

@@ -35,6 +35,8 @@ TICK_S = 30.0  # wall-clock deadlines are re-checked at least this often
 AUDIT_S = 60.0  # a full round even without events: keychains are not watched
 RETRY_MIN_S = 1.0  # a failed write or an unreadable store: next round after 1, 2, 4 ... AUDIT_S
 CLOCK_BACK_S = 1.0  # the wall clock went back by more than this: deadlines move back with it
+CLI_WINDOW_S = 300.0  # the CLI refreshes when its token has less than this left
+WOKE_LATE_S = 5.0  # a heartbeat this late: the machine slept (or the loop was stopped)
 STALE_TEMP_S = 60.0  # a temp file of an interrupted write this old is abandoned (writes take ms)
 
 
@@ -265,7 +267,7 @@ class Agent:
             self.recover()
         beat_at = self.guard.next_beat() if self.guard is not None else None
         if beat_at is not None and now >= beat_at and self.guard is not None:
-            self.guard.beat(now)
+            self.guard.beat(now, self._sessions_may_refresh(now, beat_at))
         if (self._dirty and self._due is not None and now >= self._due) or \
                 now >= self._next_audit or garbage_due or retry_due:
             self._dirty, self._due = False, None
@@ -280,6 +282,20 @@ class Agent:
                     # The stores the refresher left alone get the new login; a refused one is
                     # dropped from the contest, and the user is told when nothing is left.
                     self.reconcile()
+
+    def _sessions_may_refresh(self, now: float, beat_at: float) -> bool:
+        """Could a CLI session be waiting on the refresh lock now (watching its mtime)? When
+        the login is inside the CLI's own refresh window or past it, or the machine just
+        woke (this beat comes much later than planned: a suspend)."""
+        report = self._last_report
+        winner = report.winner if report is not None else None
+        if winner is None or now - beat_at > WOKE_LATE_S:
+            return True
+        window = CLI_WINDOW_S
+        if self.refresh is not None:
+            section = self.refresh.coordinator.section
+            window = section.client_window_s + section.margin_s
+        return winner.expires_at - now <= max(window, CLI_WINDOW_S)
 
     def pause(self, seconds: float) -> bool:
         """Wait up to ``seconds`` for one event and handle it; True once a stop was asked.
