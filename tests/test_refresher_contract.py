@@ -202,25 +202,27 @@ def kinds_expressing(case: str) -> list[Any]:
             if case not in CANNOT_EXPRESS.get(k if isinstance(k, str) else k.values[0], set())]
 
 
-@pytest.mark.parametrize("subject", kinds_expressing("lost"), indirect=True)
-def test_a_lost_answer_may_have_rotated_and_the_token_is_spent(subject: Subject) -> None:
-    inject = expressible(subject, "lost")
+def staged_failure(subject: Subject, case: str) -> tuple[Credential, TransientRefreshError]:
+    """A refresh of a fresh login with ``case`` staged on the wire: the login and the error."""
+    inject = expressible(subject, case)
     old = subject.login()
     inject()
     with pytest.raises(TransientRefreshError) as caught:
         subject.refresher.refresh(old)
-    assert caught.value.may_have_rotated is True
+    return old, caught.value
+
+
+@pytest.mark.parametrize("subject", kinds_expressing("lost"), indirect=True)
+def test_a_lost_answer_may_have_rotated_and_the_token_is_spent(subject: Subject) -> None:
+    old, error = staged_failure(subject, "lost")
+    assert error.may_have_rotated is True
     with pytest.raises(InvalidGrantError):  # why the agent never blindly retries
         subject.refresher.refresh(old)
 
 
 @pytest.mark.parametrize("subject", kinds_expressing("dropped"), indirect=True)
 def test_a_dropped_connection_may_have_rotated(subject: Subject) -> None:
-    inject = expressible(subject, "dropped")
-    old = subject.login()
-    inject()
-    with pytest.raises(TransientRefreshError) as caught:
-        subject.refresher.refresh(old)
+    old, error = staged_failure(subject, "dropped")
     # The client cannot tell a drop before from a drop after the rotation: it must assume one.
-    assert caught.value.may_have_rotated is True
-    assert_no_token(caught.value, old)
+    assert error.may_have_rotated is True
+    assert_no_token(error, old)
