@@ -171,6 +171,12 @@ class ClaudeSection(Section):
         description='a list of directory paths, e.g. ["~/.claude", "~/work/.claude"]; '
                     f'{PATH_RULE}')
     keychain: bool = Field(True, description="true or false")
+    # macOS: CLAUDE_SECURESTORAGE_CONFIG_DIR as the sessions have it (then every config dir
+    # shares one Keychain item); by default what credsync's own environment says.
+    securestorage_dir: str | None = Field(
+        default_factory=lambda: os.environ.get("CLAUDE_SECURESTORAGE_CONFIG_DIR"),
+        description='a directory path as Claude Code sessions have it in '
+                    'CLAUDE_SECURESTORAGE_CONFIG_DIR, or "" for the default')
 
     @field_validator("config_dirs", mode="before")
     @classmethod

@@ -3,7 +3,6 @@ backend allow-list, and the macOS naming rule."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -29,9 +28,7 @@ from agent.stores.keychain import (
     UnavailableBackend,
     backend_or_unavailable,
     check_backend,
-    keychain_account,
     keychain_stores,
-    macos_service_name,
     system_backend,
 )
 from agent.stores.secretservice import SecretServiceKeyring
@@ -113,8 +110,7 @@ def search_all(keyring: RealKeyring, service: str,
 def test_what_the_store_writes_is_what_secret_tool_sees(real_keyring: RealKeyring,
                                                         backend: KeychainBackend,
                                                         calls: KeychainCalls) -> None:
-    [store] = keychain_stores([Path.home() / ".claude"], backend, platform="linux",
-                              calls=calls)
+    [store] = keychain_stores([Path.home() / ".claude"], backend, calls=calls)
     assert store.write(cred(1)) is True
     seen = real_keyring.lookup("credsync", "claude-code")  # the default dir's plain name
     assert seen is not None
@@ -494,46 +490,12 @@ def test_a_chainer_passes_only_when_all_its_members_do() -> None:
 HOME = Path("/Users/ann")
 
 
-def test_macos_default_dir_uses_the_plain_service() -> None:
-    assert macos_service_name(HOME / ".claude", {}, HOME) == "Claude Code-credentials"
-    # An empty CLAUDE_SECURESTORAGE_CONFIG_DIR means the default.
-    env = {"CLAUDE_SECURESTORAGE_CONFIG_DIR": "", "CLAUDE_CONFIG_DIR": "/elsewhere"}
-    assert macos_service_name(HOME / ".claude", env, HOME) == "Claude Code-credentials"
-
-
-def test_macos_named_or_other_dir_gets_the_hashed_service() -> None:
-    # CLAUDE_CONFIG_DIR set, even to the default: hashed. Pinned: sha256("/Users/ann/.claude").
-    named = {"CLAUDE_CONFIG_DIR": "/Users/ann/.claude"}
-    assert macos_service_name(HOME / ".claude", named, HOME) == "Claude Code-credentials-5b67e67f"
-    other = HOME / "work" / ".claude"
-    want = "Claude Code-credentials-" + hashlib.sha256(str(other).encode()).hexdigest()[:8]
-    assert macos_service_name(other, {}, HOME) == want
-    assert macos_service_name(other, {"CLAUDE_SECURESTORAGE_CONFIG_DIR": str(other)}, HOME) == want
-
-
-def test_the_account_is_user_else_the_os_user() -> None:
-    assert keychain_account({"USER": "ann"}) == "ann"
-    assert keychain_account({}) != ""
-
-
-def test_macos_gets_one_store_per_config_dir_sharing_one_worker(calls: KeychainCalls) -> None:
-    dirs = [HOME / ".claude", HOME / "a" / ".claude", HOME / "b" / ".claude", HOME / ".claude"]
-    stores = keychain_stores(dirs, MemoryKeyring(), platform="darwin", env={"USER": "ann"},
-                             home=HOME, calls=calls)
-    assert stores[0].service == "Claude Code-credentials"
-    assert len({s.service for s in stores}) == len(stores) == 3
-    assert {s.account for s in stores} == {"ann"}
-    assert all(s.name == f"keychain:{s.service}" for s in stores)
-
-
 def test_elsewhere_one_item_of_credsyncs_own(calls: KeychainCalls) -> None:
-    stores = keychain_stores([HOME / "a", HOME / "b"], MemoryKeyring(), platform="linux",
-                             home=HOME, calls=calls)
+    stores = keychain_stores([HOME / "a", HOME / "b"], MemoryKeyring(), home=HOME, calls=calls)
     # one item per set of config dirs: two logins never share a copy (F2)
     assert [(s.name, s.service, s.account) for s in stores] == [
         ("keychain", "credsync", f"claude-code/{scope_key([HOME / 'a', HOME / 'b'])}")]
-    [default] = keychain_stores([HOME / ".claude"], MemoryKeyring(), platform="linux",
-                                home=HOME, calls=calls)
+    [default] = keychain_stores([HOME / ".claude"], MemoryKeyring(), home=HOME, calls=calls)
     assert default.account == "claude-code"
 
 

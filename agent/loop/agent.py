@@ -25,7 +25,7 @@ from agent.loop.watcher import DirsChanged, FileChanged
 from agent.notify.alerting import Alerting, observation
 from agent.reconcile import GARBAGE_GRACE_S, Reconciler, RoundReport
 from agent.refresh.coordinator import Kind, RefreshDriver
-from agent.stores.base import Store
+from agent.stores.base import Role, Store
 
 __all__ = ["AUDIT_S", "GARBAGE_GRACE_S", "TICK_S", "Agent", "RoundReport", "Stop", "Wake"]
 
@@ -98,6 +98,9 @@ class Agent:
         self._retry_at: float | None = None
         self._retries = 0
         self._last_now: float | None = None
+        # Stores nobody can watch (a macOS Keychain item): a cheap change check this often.
+        self.polled = [s for s in self.stores if s.poll_s is not None]
+        self._next_poll = 0.0
 
     # The writer's state, as the loop's (tests and status read these).
     @property
@@ -154,7 +157,7 @@ class Agent:
         if self.guard is not None:
             # The CLI's refresh locks are held while there is a login to keep, so that sessions
             # waking with an expired token wait for credsync instead of racing each other.
-            if report.winner is not None:
+            if report.winner is not None and not self._holder_blocked():
                 self.guard.hold(now)
             else:
                 self.guard.release()
@@ -167,6 +170,11 @@ class Agent:
         if self.on_round:
             self.on_round(report)
         return report
+
+    def _holder_blocked(self) -> bool:
+        # credsync will not refresh this login (a store only the CLI may keep): the CLI's
+        # sessions must be free to take their own refresh lock.
+        return any(s.role is Role.HOLDER and s.write_blocker() is not None for s in self.stores)
 
     def _schedule_retry(self, report: RoundReport, readings: dict[str, Reading],
                         now: float) -> None:
@@ -240,6 +248,8 @@ class Agent:
         beat_at = self.guard.next_beat() if self.guard is not None else None
         if beat_at is not None:
             deadlines.append(beat_at)
+        if self.polled:
+            deadlines.append(self._next_poll)
         return max(0.0, min(min(deadlines) - now, TICK_S))
 
     def _follow_clock(self, now: float) -> None:
@@ -252,6 +262,7 @@ class Agent:
             self._next_audit += delta
             self._due = None if self._due is None else self._due + delta
             self._retry_at = None if self._retry_at is None else self._retry_at + delta
+            self._next_poll += delta
             self.writer.moved_clock(delta)
             if self.refresh is not None:
                 self.refresh.clock_moved(delta)
@@ -268,6 +279,8 @@ class Agent:
         beat_at = self.guard.next_beat() if self.guard is not None else None
         if beat_at is not None and now >= beat_at and self.guard is not None:
             self.guard.beat(now, self._sessions_may_refresh(now, beat_at))
+        if self.polled and now >= self._next_poll:
+            self._poll(now)
         if (self._dirty and self._due is not None and now >= self._due) or \
                 now >= self._next_audit or garbage_due or retry_due:
             self._dirty, self._due = False, None
@@ -282,6 +295,13 @@ class Agent:
                     # The stores the refresher left alone get the new login; a refused one is
                     # dropped from the contest, and the user is told when nothing is left.
                     self.reconcile()
+
+    def _poll(self, now: float) -> None:
+        self._next_poll = now + min(s.poll_s or AUDIT_S for s in self.polled)
+        moved = [s.name for s in self.polled if s.changed()]
+        if moved:
+            log.debug("changed: %s", ", ".join(moved))
+            self._mark_dirty(now, 0.0)
 
     def _sessions_may_refresh(self, now: float, beat_at: float) -> bool:
         """Could a CLI session be waiting on the refresh lock now (watching its mtime)? When

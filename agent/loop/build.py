@@ -72,15 +72,31 @@ def file_stores(settings: Settings) -> list[ClaudeFileStore]:
     return [ClaudeFileStore(d) for d in settings.claude.config_dirs]
 
 
-def build_stores(settings: Settings, backend: KeychainBackend | None = None) -> list[Store]:
+def build_stores(settings: Settings, backend: KeychainBackend | None = None,
+                 platform: str = sys.platform) -> list[Store]:
     stores: list[Store] = list(file_stores(settings))
-    if settings.claude.keychain:
+    if settings.claude.keychain and platform == "darwin":
+        stores.extend(macos_stores(settings))
+    elif settings.claude.keychain:
         from agent.stores.keychain import keychain_stores
 
-        stores.extend(keychain_stores(settings.claude.config_dirs, backend or LazyBackend(),
-                                      platform=sys.platform))
+        stores.extend(keychain_stores(settings.claude.config_dirs, backend or LazyBackend()))
     stores.extend(SinkStore(s.path, s.format, s.env_var) for s in settings.sinks)
     return stores
+
+
+def macos_stores(settings: Settings, security: Path | None = None) -> list[Store]:
+    """Claude Code's own Keychain items, through /usr/bin/security only (never keyring)."""
+    import os
+
+    from agent.stores.macos.security import SECURITY, SecurityTool
+    from agent.stores.macos.store import WriteRecords, claude_keychain_stores
+
+    records = WriteRecords(ledger_of(settings).path / "keychain-writes.json")
+    return list(claude_keychain_stores(
+        list(settings.claude.config_dirs), SecurityTool(security or SECURITY),
+        home=Path.home(), env=dict(os.environ),
+        securestorage_dir=settings.claude.securestorage_dir, records=records))
 
 
 def ledger_of(settings: Settings) -> Ledger:

@@ -33,6 +33,7 @@ from agent.locks import owner as lockowner
 from agent.locks.filelock import FileLock
 from agent.locks.mkdirlock import MkdirLock, legacy_refresh_lock, oauth_refresh_lock
 from agent.reconcile import Reconciler
+from agent.stores.base import Role
 from agent.winner import LoginState, Verdict
 
 if TYPE_CHECKING:  # pydantic stays out of `credsync token`'s start-up
@@ -56,6 +57,7 @@ Pause = Callable[[float], bool]
 def no_pause(seconds: float) -> bool:
     time.sleep(seconds)
     return False
+BLOCKED_RETRY_S = 60.0  # a blocked holder is looked at again this often
 MIN_INTERVAL_S = 10.0  # never refresh again sooner than this after our own refresh...
 MIN_INTERVAL_FRACTION = 0.25  # ...or than this fraction of the lifetime, when that is shorter
 
@@ -81,6 +83,7 @@ class Kind(str, enum.Enum):
     NONE = "none"  # no login at all
     UNREADABLE = "unreadable"  # the store holding the login cannot be read now: try again
     BUSY = "busy"  # another process holds the locks
+    BLOCKED = "blocked"  # a holder credsync cannot write: the CLI keeps this login itself
     STOPPED = "stopped"  # the agent was asked to stop meanwhile
 
     @classmethod
@@ -259,7 +262,17 @@ class Coordinator:
             return Outcome(Kind.ADOPTED, best, "another process had refreshed already")
         if not force and now < self.deadline(best):
             return Outcome(Kind.NOT_DUE, best, "not due yet")
+        blocked = self.blocked()
+        if blocked:
+            # A new login that one of the CLI's own stores cannot take would leave the CLI
+            # with a spent refresh token there: refreshing is left to the CLI.
+            return Outcome(Kind.BLOCKED, best, "; ".join(blocked), retry_after_s=BLOCKED_RETRY_S)
         return self._redeem(best, now)
+
+    def blocked(self) -> list[str]:
+        """The CLI's own stores credsync cannot write now, each with why."""
+        return [f"{s.name}: {why}" for s in self.writer.stores
+                if s.role is Role.HOLDER and (why := s.write_blocker()) is not None]
 
     def _redeem(self, cred: Credential, now: float) -> Outcome:
         if self.journal.was_sent(cred.refresh_token):
@@ -469,7 +482,7 @@ class RefreshDriver:
         return outcome
 
     def _after(self, outcome: Outcome, now: float) -> None:
-        if outcome.kind in (Kind.TRANSIENT, Kind.BUSY, Kind.STOPPED):
+        if outcome.kind in (Kind.TRANSIENT, Kind.BUSY, Kind.STOPPED, Kind.BLOCKED):
             self.retry_at = now + self.backoff.delay(self.attempt, outcome.retry_after_s)
             self.attempt += 1
             return

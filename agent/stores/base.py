@@ -32,6 +32,8 @@ class Store:
     # The stat signature of the file this store last put in place (agent.fsutil.atomic_write):
     # it tells the agent's own writes from anyone else's. None for stores that are not files.
     written: Signature | None = None
+    # Seconds between two ``changed()`` checks for a store nobody can watch; None: not polled.
+    poll_s: float | None = None
 
     @property
     def is_source(self) -> bool:
@@ -42,6 +44,11 @@ class Store:
     def watch_path(self) -> Path | None:
         """The file whose changes must be noticed, or None (keychains are polled)."""
         return None
+
+    def changed(self) -> bool:
+        """For a polled store: a cheap check that it may hold something new since the last
+        read (then the agent runs a round)."""
+        return False
 
     def read(self) -> Reading:
         """What the store holds now. Raises nothing for a damaged store: the reading says so."""
@@ -54,6 +61,12 @@ class Store:
         Raises StoreError when it cannot, and for a blank credential (never written anywhere).
         """
         raise NotImplementedError
+
+    def write_blocker(self) -> str | None:
+        """Why credsync may not write this store now, from its last read (an item only the CLI
+        may keep, such as a macOS Keychain item another program owns); None when it may. A
+        holder that cannot take a new login must not see one made: nothing is refreshed."""
+        return None
 
     def release_orphaned_locks(self) -> list[Path]:
         """Free locks left by a credsync process that died holding them; the paths freed."""

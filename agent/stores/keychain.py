@@ -1,15 +1,12 @@
 """The OS keychain, through keyring: the only module that imports it.
 
-Which item:
-- macOS: Claude Code's own generic password, one per config dir. Service ``Claude
-  Code-credentials``, or ``Claude Code-credentials-<first 8 hex of sha256(config dir)>`` when the
-  dir was named explicitly (CLAUDE_CONFIG_DIR set, even to the default) or is not the default;
-  account ``$USER``, else the OS user name.
-- Elsewhere the CLI keeps no keychain item, so credsync keeps one of its own: service
-  ``credsync``, account ``claude-code``, holding the same ``{"claudeAiOauth": {...}}`` document
-  (a last-known-good copy that outlives a cleared or deleted file). With Secret Service its
-  attributes are ``service=credsync username=claude-code`` (keyring's scheme), which is what
-  ``secret-tool lookup service credsync username claude-code`` finds.
+Which item: credsync's own copy of the login, service ``credsync``, account ``claude-code``
+(``claude-code/<scope>`` for any other set of config dirs), holding the same
+``{"claudeAiOauth": {...}}`` document: a last-known-good copy that outlives a cleared or
+deleted file. With Secret Service its attributes are ``service=credsync username=claude-code``
+(keyring's scheme), which is what ``secret-tool lookup service credsync username claude-code``
+finds. Claude Code's own macOS items are never touched through keyring: a keyring write
+re-stamps an item to the Python binary and locks the CLI out (``agent.stores.macos``).
 
 On Linux the Secret Service is reached through ``agent.stores.secretservice`` (same items as
 keyring's SecretService backend, but one kept D-Bus connection and session instead of a new one
@@ -23,14 +20,11 @@ once instead of queueing behind it. Every error comes out as ``KeychainUnavailab
 from __future__ import annotations
 
 import concurrent.futures
-import getpass
-import hashlib
 import importlib
 import os
 import sys
 import threading
 import time
-import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar, cast
@@ -62,13 +56,10 @@ __all__ = [
     "backend_or_unavailable",
     "check_backend",
     "check_backend_name",
-    "keychain_account",
     "keychain_stores",
-    "macos_service_name",
     "system_backend",
 ]
 
-MACOS_SERVICE = "Claude Code-credentials"
 OWN_SERVICE = "credsync"
 OWN_ACCOUNT = "claude-code"
 DEFAULT_TIMEOUT_S = 3.0
@@ -197,31 +188,6 @@ def backend_or_unavailable(
         return UnavailableBackend(str(exc))
 
 
-# --- which item ------------------------------------------------------------------------------
-
-def macos_service_name(config_dir: Path, env: Mapping[str, str], home: Path) -> str:
-    """The service of Claude Code's keychain item for ``config_dir``, by the CLI's rule."""
-    default = home / ".claude"
-    explicit = env.get("CLAUDE_SECURESTORAGE_CONFIG_DIR", env.get("CLAUDE_CONFIG_DIR"))
-    named = bool(explicit) and Path(str(explicit)).expanduser() == config_dir
-    if config_dir == default and not named:
-        return MACOS_SERVICE
-    # The CLI hashes the path string it was given, NFC-normalised.
-    text = unicodedata.normalize("NFC", str(explicit) if named else str(config_dir))
-    return f"{MACOS_SERVICE}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
-
-
-def keychain_account(env: Mapping[str, str]) -> str:
-    """``$USER``, else the OS user name (as the CLI does)."""
-    user = env.get("USER")
-    if user:
-        return user
-    try:
-        return getpass.getuser()
-    except Exception:  # no passwd entry (containers): any fixed name beats failing
-        return "user"
-
-
 # --- calls with a deadline -------------------------------------------------------------------
 
 def _describe(exc: BaseException) -> str:
@@ -338,7 +304,7 @@ class KeychainStore(Store):
     """A keychain item as a store. Reads and writes can be started and finished later
     (``start_read``, ``start_write``): the agent overlaps them with its file writes.
 
-    Claude Code's own items (macOS) hold the login; credsync's own item is a copy of it."""
+    credsync's own item, a copy of the login."""
 
     kind = "keychain"
 
@@ -356,7 +322,7 @@ class KeychainStore(Store):
         self.account = account
         self.name = name
         self.location = f"service={service} account={account}"
-        self.role = Role.HOLDER if service.startswith(MACOS_SERVICE) else Role.COPY
+        self.role = Role.COPY
         self._calls = calls if calls is not None else KeychainCalls()
 
     def _get(self) -> str | None:
@@ -437,25 +403,12 @@ def keychain_stores(
     config_dirs: Sequence[Path],
     backend: KeychainBackend,
     *,
-    platform: str = sys.platform,
-    env: Mapping[str, str] | None = None,
     home: Path | None = None,
     calls: KeychainCalls | None = None,
 ) -> list[KeychainStore]:
-    """The keychain stores for these config dirs on this platform, sharing one worker."""
-    env = os.environ if env is None else env
-    calls = calls if calls is not None else KeychainCalls()
-    if platform != "darwin":
-        return [KeychainStore(backend, account=own_account(config_dirs, home), calls=calls)]
-    home = Path.home() if home is None else home
-    account = keychain_account(env)
-    stores: list[KeychainStore] = []
-    for config_dir in config_dirs:
-        service = macos_service_name(config_dir, env, home)
-        if all(s.service != service for s in stores):
-            stores.append(KeychainStore(backend, service, account, name=f"keychain:{service}",
-                                        calls=calls))
-    return stores
+    """credsync's own copy of the login these config dirs share."""
+    return [KeychainStore(backend, account=own_account(config_dirs, home),
+                          calls=calls if calls is not None else KeychainCalls())]
 
 
 def own_account(config_dirs: Sequence[Path], home: Path | None = None) -> str:
