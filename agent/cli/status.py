@@ -10,6 +10,8 @@ JSON schema (``credsync status --json``), stable for scripts:
                 "expires_at": ISO-8601 | null, "lifetime_s": number | null,
                 "lifetime_source": "last refresh" | "nominal"},
       "stores": [{"name": str, "kind": "claude-file" | "keychain" | "sink", "location": str,
+                  "role": "holder" (Claude Code's own store) | "copy" (credsync's copy)
+                          | "output" (a sink sessions read),
                   "state": "in-sync" | "stale" | "cleared" | "logged-out" | "missing" | "error",
                   "fingerprint": str | null, "expires_at": ISO-8601 | null, "detail": str}],
       "extra": {...}   # sections added by other parts (refresh, alert, login item)
@@ -43,6 +45,10 @@ class StoreStatus:
     fingerprint: str | None
     expires_at: str | None
     detail: str = ""
+    role: str = "copy"
+
+
+ROLE_WORDS = {"holder": "Claude Code's own", "copy": "credsync's copy", "output": "sink"}
 
 
 @dataclass
@@ -103,11 +109,14 @@ def collect(writer: Reconciler, config_file: str, now: float) -> Status:
         detail = reading.detail
         if state_ != "in-sync" and isinstance(errors.get(store.name), str):
             state_, detail = "error", f"write failed: {errors[store.name]}"
+        blocker = store.write_blocker()
+        if blocker is not None and blocker not in detail:
+            detail = f"{detail}; {blocker}" if detail else blocker
         rows.append(StoreStatus(
             name=store.name, kind=store.kind, location=store.location, state=state_,
             fingerprint=cred.fingerprint if cred and cred.access_token else None,
             expires_at=iso(cred.expires_at) if cred and cred.expires_at_ms > 1 else None,
-            detail=detail))
+            detail=detail, role=store.role.value))
     pid = InstanceLock(ledger.path).holder()
     status = Status(config_file, pid is not None, pid, str(ledger.path), verdict.state.value,
                     best, rows)
@@ -234,9 +243,11 @@ def render_text(status: Status) -> str:
     names = [clean(s.name) for s in status.stores]
     width = max((len(n) for n in names), default=0)
     for name, s in zip(names, status.stores, strict=True):
+        role = ROLE_WORDS.get(s.role, s.role)
         parts = [f"  {name:<{width}}  {clean(s.state):<10}", clean(s.fingerprint or "-"),
-                 clean(s.expires_at or "-")]
-        if s.state in ("error", "cleared", "logged-out", "missing"):
+                 clean(s.expires_at or "-"), f"[{role}]"]
+        if s.state in ("error", "cleared", "logged-out", "missing") or \
+                (s.detail and s.role == "holder" and s.state != "in-sync"):
             parts.append(_store_detail(s))
         lines.append("  ".join(p for p in parts if p))
     return "\n".join(lines)

@@ -75,8 +75,9 @@ def file_stores(settings: Settings) -> list[ClaudeFileStore]:
 def build_stores(settings: Settings, backend: KeychainBackend | None = None,
                  platform: str = sys.platform) -> list[Store]:
     stores: list[Store] = list(file_stores(settings))
-    if settings.claude.keychain and platform == "darwin":
-        stores.extend(macos_stores(settings))
+    if platform == "darwin":
+        # The CLI's own store there: watched even with `keychain = false` (then never written).
+        stores.extend(macos_stores(settings, read_only=not settings.claude.keychain))
     elif settings.claude.keychain:
         from agent.stores.keychain import keychain_stores
 
@@ -85,7 +86,8 @@ def build_stores(settings: Settings, backend: KeychainBackend | None = None,
     return stores
 
 
-def macos_stores(settings: Settings, security: Path | None = None) -> list[Store]:
+def macos_stores(settings: Settings, security: Path | None = None,
+                 read_only: bool = False) -> list[Store]:
     """Claude Code's own Keychain items, through /usr/bin/security only (never keyring)."""
     import os
 
@@ -96,7 +98,8 @@ def macos_stores(settings: Settings, security: Path | None = None) -> list[Store
     return list(claude_keychain_stores(
         list(settings.claude.config_dirs), SecurityTool(security or SECURITY),
         home=Path.home(), env=dict(os.environ),
-        securestorage_dir=settings.claude.securestorage_dir, records=records))
+        securestorage_dir=settings.claude.securestorage_dir, records=records,
+        read_only=read_only))
 
 
 def ledger_of(settings: Settings) -> Ledger:

@@ -59,6 +59,9 @@ log = logging.getLogger("credsync.keychain")
 POLL_S = 5.0  # attribute polls; the CLI itself serves reads up to 30 s old
 RECENT_S = 2.0  # an mdat this close to the read cannot tell a second write in the same second
 LOCK_TIMEOUT_S = 3.0
+READ_ONLY = ("[claude] keychain = false: credsync does not write Claude Code's Keychain item, "
+             "so it leaves refreshing to Claude Code")
+LOCKED = "keychain: the login keychain is locked (unlock it, or log in on the Mac's desktop)"
 
 
 def cli_text(doc: dict[str, Any]) -> str:
@@ -132,8 +135,10 @@ class MacKeychainStore(Store):
     def __init__(self, ident: KeychainIdentity, tool: SecurityTool, *,
                  config_dir: Path | None = None, records: WriteRecords | None = None,
                  clock: Callable[[], float] = time.time,
-                 lock_timeout_s: float = LOCK_TIMEOUT_S) -> None:
+                 lock_timeout_s: float = LOCK_TIMEOUT_S, read_only: bool = False) -> None:
         self.ident = ident
+        # `[claude] keychain = false`: the item is watched (the CLI uses it) but never written.
+        self.read_only = read_only
         self.tool = tool
         self.config_dir = config_dir
         self.records = records or WriteRecords(None)
@@ -143,6 +148,7 @@ class MacKeychainStore(Store):
         self.location = f"service={ident.service} account={ident.account}"
         self._seen: Seen | None = None
         self._blocker: str | None = None
+        self._present = False  # the item existed at the last read
 
     # ----- reading -----------------------------------------------------------------------
     def changed(self) -> bool:
@@ -157,6 +163,7 @@ class MacKeychainStore(Store):
 
     def read_document(self) -> tuple[Reading, dict[str, Any] | None]:
         answer = self.tool.attributes(self.ident.service, self.ident.account)
+        self._present = answer.code != NOT_FOUND
         if answer.code == NOT_FOUND:
             self._seen, self._blocker = None, None
             return Reading(ReadState.MISSING, detail="no keychain item"), None
@@ -172,13 +179,20 @@ class MacKeychainStore(Store):
 
     def _remember(self, snap: Snapshot) -> None:
         self._blocker = snap.blocker
-        if snap.attrs is None or snap.reading.state is ReadState.ERROR:
+        if snap.attrs is None or (snap.reading.state is ReadState.ERROR and
+                                  snap.foreign is None):
             self._seen = None  # read again next time
             return
+        # A foreign item is not asked for its secret again until it changes: every ask is a
+        # dialog on the desktop.
         self._seen = Seen(snap.attrs.stamp, snap.reading, snap.doc,
                           _settled(snap.attrs.mdat, self.clock()))
 
     def _secret(self, attrs: Attributes) -> Snapshot:
+        # Locked: a secret read would ask for the keychain password (a dialog, or exit 36
+        # without a desktop). Asked first, for nothing: show-keychain-info never prompts.
+        if self.tool.keychain_info().code == INTERACTION_NOT_ALLOWED:
+            return Snapshot(attrs, Reading(ReadState.ERROR, detail=LOCKED), None, LOCKED)
         answer = self.tool.secret(self.ident.service, self.ident.account)
         if answer.code == NOT_FOUND:  # deleted between the two calls
             return Snapshot(None, Reading(ReadState.MISSING, detail="no keychain item"), None)
@@ -203,11 +217,8 @@ class MacKeychainStore(Store):
         return Snapshot(attrs, reading, doc)
 
     def _refused(self, attrs: Attributes, answer: Answer) -> Snapshot:
-        info = self.tool.keychain_info()
-        if info.code == INTERACTION_NOT_ALLOWED or (info.timed_out and answer.timed_out):
-            detail = ("keychain: the login keychain is locked (unlock it, or log in on the "
-                      "Mac's desktop)")
-            return Snapshot(attrs, Reading(ReadState.ERROR, detail=detail), None, detail)
+        if self.tool.keychain_info().code == INTERACTION_NOT_ALLOWED:  # locked meanwhile
+            return Snapshot(attrs, Reading(ReadState.ERROR, detail=LOCKED), None, LOCKED)
         found = None
         if attrs.keychain is not None:
             dump = self.tool.dump_access(attrs.keychain)
@@ -248,12 +259,16 @@ class MacKeychainStore(Store):
     def write_blocker(self) -> str | None:
         """Why credsync may not write this item now (then it must not refresh either: the CLI
         would go on with the old login), from the last read; None when it may."""
+        if self.read_only and self._present:
+            return READ_ONLY
         return self._blocker
 
     # ----- writing -----------------------------------------------------------------------
     def write(self, cred: Credential, supersedes: Credential | None = None) -> bool:
         if cred.is_blank:
             raise StoreError("refusing to write a blank credential")
+        if self.read_only:
+            return False  # told to leave the Keychain alone
         storage = self.ident.storage_dir
         if not storage.is_dir():
             raise StoreError(f"storage dir {storage} does not exist")
@@ -339,7 +354,7 @@ def _settled(mdat: str | None, now: float) -> bool:
 
 def claude_keychain_stores(
     config_dirs: list[Path], tool: SecurityTool, *, home: Path, env: dict[str, str],
-    securestorage_dir: str | None, records: WriteRecords,
+    securestorage_dir: str | None, records: WriteRecords, read_only: bool = False,
 ) -> list[MacKeychainStore]:
     """One store per distinct item of these config dirs (with CLAUDE_SECURESTORAGE_CONFIG_DIR
     set they all share one). A dir whose item the CLI could not use is left out, logged."""
@@ -353,5 +368,6 @@ def claude_keychain_stores(
             log.warning("no keychain item for %s: %s", config_dir, exc)
             continue
         if all(s.ident.service != ident.service for s in stores):
-            stores.append(MacKeychainStore(ident, tool, config_dir=config_dir, records=records))
+            stores.append(MacKeychainStore(ident, tool, config_dir=config_dir, records=records,
+                                           read_only=read_only))
     return stores
