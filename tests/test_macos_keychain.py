@@ -210,7 +210,9 @@ def test_a_sealed_login_is_read_but_left_to_the_cli(mac: Mac, tmp_path: Path) ->
 
 def test_a_document_too_long_for_one_line_is_left_to_the_cli(mac: Mac) -> None:
     big = {f"s{i}|x": {"accessToken": "z" * 300} for i in range(10)}
-    cli_write(mac.tool, mac.ident, login_doc(make_cred(hours(1)), mcpOAuth=big))
+    # The CLI itself would pass such a document as argv (-X), not on a -i line.
+    text = cli_text(login_doc(make_cred(hours(1)), mcpOAuth=big))
+    mac.double.put(mac.ident.service, mac.ident.account, text)
     before, adds = mac.item_text(), mac.adds()
     with pytest.raises(StoreError, match="too long"):
         mac.store.write(make_cred(hours(6)))
@@ -243,7 +245,9 @@ def test_a_foreign_item_costs_one_dialog_not_one_per_poll(mac: Mac) -> None:
     for _ in range(4):
         assert mac.store.read().state is ReadState.ERROR
         assert mac.store.changed() is False
-    assert len(mac.double.dialogs()) <= 1
+    with pytest.raises(StoreError, match="partition-list"):
+        mac.store.write(make_cred(hours(6)))  # no second ask either
+    assert len(mac.double.dialogs()) == 1
 
 
 def test_credsyncs_own_recorded_write_is_repaired(mac: Mac) -> None:
@@ -280,13 +284,24 @@ def test_an_item_written_as_hex_is_repaired_keeping_its_keys(mac: Mac) -> None:
 
 def test_a_locked_keychain_is_reported_never_prompted_never_written(mac: Mac) -> None:
     cli_write(mac.tool, mac.ident, login_doc(make_cred(hours(1))))
-    mac.double.configure(locked=True, ui=True)
+    mac.double.configure(locked=True)  # over SSH: no desktop, no dialog
     reading = mac.store.read()
     assert reading.state is ReadState.ERROR and "locked" in reading.detail
     adds = mac.adds()
     with pytest.raises(KeychainUnavailable):
         mac.store.write(make_cred(hours(6)))
     assert mac.adds() == adds and mac.double.dialogs() == []
+
+
+def test_a_locked_keychain_on_a_desktop_costs_one_dialog(mac: Mac) -> None:
+    cli_write(mac.tool, mac.ident, login_doc(make_cred(hours(1))))
+    mac.double.configure(locked=True, ui=True, dialog_s=5.0)
+    for _ in range(3):
+        assert "locked" in mac.store.read().detail
+        assert mac.store.changed() is False
+    with pytest.raises(KeychainUnavailable):
+        mac.store.write(make_cred(hours(6)))
+    assert len(mac.double.dialogs()) == 1  # the first look; then nothing until it changes
 
 
 def test_a_slow_keychain_is_an_error_and_no_blind_retry(mac: Mac) -> None:

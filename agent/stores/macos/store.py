@@ -59,6 +59,7 @@ log = logging.getLogger("credsync.keychain")
 POLL_S = 5.0  # attribute polls; the CLI itself serves reads up to 30 s old
 RECENT_S = 2.0  # an mdat this close to the read cannot tell a second write in the same second
 LOCK_TIMEOUT_S = 3.0
+QUIET_S = 900.0  # an item that showed a dialog is asked again after this, or when it changes
 READ_ONLY = ("[claude] keychain = false: credsync does not write Claude Code's Keychain item, "
              "so it leaves refreshing to Claude Code")
 LOCKED = "keychain: the login keychain is locked (unlock it, or log in on the Mac's desktop)"
@@ -81,6 +82,17 @@ class Seen:
     reading: Reading
     doc: dict[str, Any] | None
     settled: bool  # read long enough after mdat that a same-second write cannot hide
+    # Not asked again before this time unless the item changes: asking would show a dialog
+    # (an item another program owns; a locked keychain on a desktop). None: no limit.
+    quiet_until: float | None = None
+    foreign: Ownership | None = None
+
+    def reusable(self, stamp: tuple[str | None, str | None], now: float) -> bool:
+        if stamp != self.stamp:
+            return False
+        if self.quiet_until is not None:
+            return now < self.quiet_until
+        return self.settled
 
 
 @dataclass(frozen=True)
@@ -92,6 +104,7 @@ class Snapshot:
     doc: dict[str, Any] | None
     blocker: str | None = None  # why nothing may be written (foreign, sealed, locked)
     foreign: Ownership | None = None
+    prompted: bool = False  # asking again would show a dialog
 
 
 class WriteRecords:
@@ -156,7 +169,7 @@ class MacKeychainStore(Store):
         answer = self.tool.attributes(self.ident.service, self.ident.account)
         stamp = _stamp(answer)
         seen = self._seen
-        return seen is None or stamp != seen.stamp or not seen.settled
+        return seen is None or stamp is None or not seen.reusable(stamp, self.clock())
 
     def read(self) -> Reading:
         return self.read_document()[0]
@@ -171,7 +184,7 @@ class MacKeychainStore(Store):
             return Reading(ReadState.ERROR, detail=f"keychain: {answer.describe()}"), None
         stamp = parse_attributes(answer.out).stamp
         seen = self._seen
-        if seen is not None and seen.stamp == stamp and seen.settled:
+        if seen is not None and seen.reusable(stamp, self.clock()):
             return seen.reading, seen.doc
         snap = self._secret(parse_attributes(answer.out))
         self._remember(snap)
@@ -179,20 +192,26 @@ class MacKeychainStore(Store):
 
     def _remember(self, snap: Snapshot) -> None:
         self._blocker = snap.blocker
-        if snap.attrs is None or (snap.reading.state is ReadState.ERROR and
-                                  snap.foreign is None):
+        quiet = snap.foreign is not None or snap.prompted
+        if snap.attrs is None or (snap.reading.state is ReadState.ERROR and not quiet):
             self._seen = None  # read again next time
             return
-        # A foreign item is not asked for its secret again until it changes: every ask is a
-        # dialog on the desktop.
+        # An item that made (or would make) a dialog is not asked again until it changes, or
+        # for QUIET_S: every ask is a dialog on the desktop.
+        now = self.clock()
         self._seen = Seen(snap.attrs.stamp, snap.reading, snap.doc,
-                          _settled(snap.attrs.mdat, self.clock()))
+                          _settled(snap.attrs.mdat, now),
+                          now + QUIET_S if quiet else None, snap.foreign)
 
     def _secret(self, attrs: Attributes) -> Snapshot:
         # Locked: a secret read would ask for the keychain password (a dialog, or exit 36
         # without a desktop). Asked first, for nothing: show-keychain-info never prompts.
-        if self.tool.keychain_info().code == INTERACTION_NOT_ALLOWED:
+        info = self.tool.keychain_info()
+        if info.code == INTERACTION_NOT_ALLOWED:  # no desktop: said at once, no dialog
             return Snapshot(attrs, Reading(ReadState.ERROR, detail=LOCKED), None, LOCKED)
+        if info.timed_out:  # an unlock dialog on the desktop, killed at the deadline
+            return Snapshot(attrs, Reading(ReadState.ERROR, detail=LOCKED), None, LOCKED,
+                            prompted=True)
         answer = self.tool.secret(self.ident.service, self.ident.account)
         if answer.code == NOT_FOUND:  # deleted between the two calls
             return Snapshot(None, Reading(ReadState.MISSING, detail="no keychain item"), None)
@@ -279,6 +298,13 @@ class MacKeychainStore(Store):
             raise StoreError(f"cannot write {self.name}: {exc}") from exc
 
     def _write_locked(self, cred: Credential, supersedes: Credential | None) -> bool:
+        quiet = self._quiet()
+        if quiet is not None:
+            # Asking for the secret again would show the same dialog: decided on what we know.
+            if quiet.foreign is not None:
+                return self._repair(Snapshot(Attributes(*quiet.stamp), quiet.reading, None,
+                                             self._blocker, quiet.foreign), cred)
+            raise KeychainUnavailable(quiet.reading.detail)
         snap = self.strict_read()
         self._remember(snap)
         if snap.foreign is not None:
@@ -300,6 +326,13 @@ class MacKeychainStore(Store):
                              "sealed in its overflow item; left to Claude Code")
         self._put(new, snap.attrs)
         return True
+
+    def _quiet(self) -> Seen | None:
+        seen = self._seen
+        if seen is None or seen.quiet_until is None:
+            return None
+        stamp = _stamp(self.tool.attributes(self.ident.service, self.ident.account))
+        return seen if stamp is not None and seen.reusable(stamp, self.clock()) else None
 
     def _put(self, doc: dict[str, Any], before: Attributes | None) -> None:
         text = cli_text(doc)
