@@ -19,10 +19,10 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
+from typing import Any
 
 REDIS_SERVER = shutil.which("redis-server")
+REPO_ROOT = Path(__file__).resolve().parents[1]
 READY_DEADLINE_S = 10.0
 
 
@@ -225,9 +225,10 @@ class TcpProxy:
             s.close()
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
+@contextlib.contextmanager
+def running(workdir: Path, **kw: Any) -> Iterator[RedisServer]:
+    """A started server, stopped (by pid) at the end whatever happened."""
+    server = RedisServer(workdir, **kw)
     server.start()
     try:
         yield server

@@ -81,7 +81,7 @@ def _client(target: RedisTarget, password: str | None, timeouts: Timeouts,
     options: dict[str, Any] = {
         "db": target.db, "username": target.username or None, "password": password,
         "socket_timeout": timeouts.socket_s, "socket_connect_timeout": timeouts.connect_s,
-        "retry": Retry(NoBackoff(), 0), "retry_on_timeout": False,
+        "retry": Retry(NoBackoff(), 0),
         "health_check_interval": 0, "client_name": client_name, "protocol": 3,
         "max_connections": 4,
     }
