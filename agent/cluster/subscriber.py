@@ -116,7 +116,11 @@ class Subscriber:
         next_echo = self.clock.monotonic() + self.echo_every_s
         waiting: tuple[str, float] | None = None
         while not self._stop.is_set():
-            message = sub.get(SLICE_S)
+            # Never past the echo's deadline or the next echo: a half-open link is found
+            # within echo_every_s + echo_deadline_s, not a slice later.
+            due = waiting[1] + self.echo_deadline_s if waiting is not None else next_echo
+            wait = min(SLICE_S, max(0.005, due - self.clock.monotonic()))
+            message = sub.get(wait)
             if message is not None:
                 if message.kind == "pong" and waiting and message.data.decode() == waiting[0]:
                     waiting = None
