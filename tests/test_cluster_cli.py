@@ -205,3 +205,33 @@ def test_the_password_comes_from_a_0600_file_never_the_config(tmp_path: Path) ->
         for path in (a.home / "state").rglob("*"):
             if path.is_file():
                 assert secret not in path.read_text(errors="replace")
+
+
+def test_the_agent_side_is_built_from_the_settings(tmp_path: Path, server: RedisServer) -> None:
+    """What the lead wires into the loop: open_client() (None without a cluster) and a
+    subscriber on its own links, putting events on the loop's queue."""
+    import queue
+
+    from agent.cluster.state import Resubscribed, StatePublished
+    from tests.clusterkit import wait_event
+
+    a = machine(tmp_path, "a")
+    solo = a.admin()
+    assert solo.open_client() is None  # single-machine behaviour: nothing to build
+    assert a.run("init", "--redis", server.url).returncode == 0
+    admin = a.admin()
+    client = admin.open_client()
+    assert client is not None
+    events: queue.Queue[object] = queue.Queue()
+    subscriber = admin.subscriber(client, events)
+    subscriber.start()
+    try:
+        first = wait_event(events, Resubscribed)
+        assert first.snapshot.epoch == client.view.epoch and first.snapshot.payload is None
+        client.publish(cred(), 1, 0, 0)
+        assert wait_event(events, StatePublished).snapshot.gen == 1
+    finally:
+        subscriber.stop()
+        client.close()
+        admin.close()
+    assert not subscriber.alive

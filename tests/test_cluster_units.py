@@ -222,3 +222,18 @@ def test_the_cluster_key_goes_to_the_keychain_else_a_0600_file(tmp_path: Path) -
             store.load("0123456789abcdef", "keychain")
     finally:
         broken.close()
+
+
+def test_redis_is_imported_by_one_module_only() -> None:
+    import re
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1] / "agent"
+    importers = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
+                       if re.search(r"^\s*(import redis|from redis)", p.read_text(), re.M))
+    assert importers == ["cluster/redisio.py"]
+    out = subprocess.run([sys.executable, "-c", "import agent.cluster, sys; "
+                          "print('redis' in sys.modules)"], capture_output=True, text=True,
+                         cwd=root.parent, check=True)
+    assert out.stdout.strip() == "False"  # a login in no cluster never loads redis
