@@ -235,3 +235,30 @@ def test_the_agent_side_is_built_from_the_settings(tmp_path: Path, server: Redis
         client.close()
         admin.close()
     assert not subscriber.alive
+
+
+def test_a_least_privilege_acl_user_is_enough(tmp_path: Path, server: RedisServer) -> None:
+    """The README's ACL: every cluster command works; keys outside cs:* are refused."""
+    import redis
+
+    secret = "acl-" + os.urandom(8).hex()
+    with raw_redis(server.port) as r:
+        r.execute_command(
+            "ACL", "SETUSER", "cs", "on", f">{secret}", "resetkeys", "~cs:*", "resetchannels",
+            "&cs:*", "-@all", "+@read", "+@write", "+@pubsub", "+@scripting", "+@connection",
+            "+@transaction", "-@dangerous", "+time", "+ping")
+        r.set("other-app:secret", "x")
+    password_file = tmp_path / "cs.pass"
+    password_file.write_text(secret)
+    os.chmod(password_file, 0o600)
+    url = f"redis://cs@127.0.0.1:{server.port}/0"
+    a = machine(tmp_path, "a", {"password_file": str(password_file)})
+    b = machine(tmp_path, "b", {"password_file": str(password_file)})
+    assert a.run("init", "--redis", url).returncode == 0
+    code = last_line(a.run("invite").stdout)
+    done = b.run("join", code, "--redis", url)
+    assert done.returncode == 0, done.stderr
+    assert len(b.status()["members"]) == 2  # type: ignore
+    with redis.Redis(port=server.port, username="cs", password=secret) as limited:
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            limited.get("other-app:secret")
