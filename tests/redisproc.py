@@ -14,6 +14,7 @@ import selectors
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -33,9 +34,14 @@ def free_port() -> int:
         return port
 
 
-def _answers_ping(port: int, password: str | None) -> bool:
+def _answers_ping(port: int, password: str | None, tls: bool = False) -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+        with contextlib.ExitStack() as stack:
+            s = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=0.5))
+            if tls:  # the probe only asks whether the server is up: no verification
+                context = ssl.create_default_context()
+                context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+                s = stack.enter_context(context.wrap_socket(s))
             if password:
                 s.sendall(f"AUTH {password}\r\n".encode())
                 s.recv(64)
@@ -47,7 +53,7 @@ def _answers_ping(port: int, password: str | None) -> bool:
 
 class RedisServer:
     def __init__(self, workdir: Path, password: str | None = None,
-                 unix_socket: bool = False) -> None:
+                 unix_socket: bool = False, tls: tuple[Path, Path] | None = None) -> None:
         if REDIS_SERVER is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server; "
                                "packaging/setup-tests.sh does it)")
@@ -55,6 +61,7 @@ class RedisServer:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.password = password
         self.socket_path = self.dir / "redis.sock" if unix_socket else None
+        self.tls = tls  # (certificate chain, key): TLS only, on ``port``
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -70,11 +77,16 @@ class RedisServer:
 
     def _argv(self) -> list[str]:
         assert REDIS_SERVER is not None
-        argv = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+        ports = ["--port", "0", "--tls-port", str(self.port)] if self.tls else \
+            ["--port", str(self.port)]
+        argv = [REDIS_SERVER, *ports, "--bind", "127.0.0.1", "--save", "",
                 "--appendonly", "no", "--dir", str(self.dir), "--logfile",
                 str(self.dir / "redis.log"), "--daemonize", "no"]
         if self.password:
             argv += ["--requirepass", self.password]
+        if self.tls:
+            argv += ["--tls-cert-file", str(self.tls[0]), "--tls-key-file", str(self.tls[1]),
+                     "--tls-auth-clients", "no"]
         if self.socket_path is not None:
             argv += ["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
         return argv
@@ -84,7 +96,7 @@ class RedisServer:
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.starts += 1
         deadline = time.monotonic() + READY_DEADLINE_S
-        while not _answers_ping(self.port, self.password):
+        while not _answers_ping(self.port, self.password, self.tls is not None):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"redis-server exited ({self.proc.returncode}): "
                                    f"{self.log_tail()}")

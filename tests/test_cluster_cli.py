@@ -259,6 +259,6 @@ def test_a_least_privilege_acl_user_is_enough(tmp_path: Path, server: RedisServe
     done = b.run("join", code, "--redis", url)
     assert done.returncode == 0, done.stderr
     assert len(b.status()["members"]) == 2  # type: ignore
-    with redis.Redis(port=server.port, username="cs", password=secret) as limited:
-        with pytest.raises(redis.exceptions.NoPermissionError):
-            limited.get("other-app:secret")
+    with redis.Redis(port=server.port, username="cs", password=secret) as limited, \
+            pytest.raises(redis.exceptions.NoPermissionError):
+        limited.get("other-app:secret")
