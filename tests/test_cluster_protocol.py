@@ -110,7 +110,8 @@ def test_a_member_takes_up_its_own_unanswered_claim(login: Login) -> None:
     a = login.genesis("a")
     first = a.claim(TOKEN, 0)
     again = a.claim(TOKEN, 0)  # its answer was lost in a timeout; the token was never sent
-    assert again.ok and again.fence == first.fence
+    assert again.ok and again.fence > first.fence  # a fresh fence: never an older one
+    assert a.publish(cred(), 1, again.fence, 0).kind is PublishKind.OK
 
 
 def test_data_loss_gives_a_new_epoch_and_a_quarantine_on_redis_time(
@@ -141,6 +142,19 @@ def test_gossip_reseeds_a_claim_that_redis_forgot(login: Login, server: RedisSer
     assert taken.kind is ClaimKind.TAKEN and taken.holder == a.me and taken.fence == held.fence
     a.sync()
     assert a.release(held)  # the original holder can still give back a token it never sent
+
+
+def test_a_holder_claims_its_reseeded_token_again_under_a_fresh_fence(
+        login: Login, server: RedisServer) -> None:
+    a = login.genesis("a")
+    held = a.claim(TOKEN, 0)
+    a.publish(cred(), 1, held.fence, 0)
+    server.restart_empty()
+    a.sync()  # re-seeded from a's own gossip: a|fence|0|reseed
+    snapshot = a.state()
+    again = a.claim(TOKEN, snapshot.version)
+    assert again.ok and again.fence > held.fence
+    assert a.seed(cred("back"), 1, snapshot).kind is PublishKind.OK
 
 
 def test_without_gossip_the_forgotten_token_is_claimed_again(

@@ -56,16 +56,19 @@ end
 local v = tonumber(redis.call('HGET', KEYS[2], 'v') or '0')
 if v ~= tonumber(ARGV[3]) then return {'STALE', v, ''} end
 local holder = redis.call('GET', KEYS[4])
+local kind = 'OK'
 if holder then
   local agent, fence = string.match(holder, '^([^|]*)|(%d+)|')
   local lost = string.sub(holder, -5) == '|lost'
-  if agent == ARGV[4] and not lost then return {'MINE', tonumber(fence), holder} end
-  return {'TAKEN', tonumber(fence or '0'), holder}
+  if agent ~= ARGV[4] or lost then return {'TAKEN', tonumber(fence or '0'), holder} end
+  -- The caller's own claim whose answer it never saw (or re-seeded): it never sent the
+  -- token, so it claims again, under a fresh fence (a re-seeded claim's may be old).
+  kind = 'MINE'
 end
 local f = redis.call('INCR', KEYS[3])
 redis.call('SET', KEYS[4], ARGV[4] .. '|' .. f .. '|' .. ms_text(now), 'PX', ARGV[5])
 redis.call('PUBLISH', ARGV[6], 'C|' .. ARGV[7] .. '|' .. ARGV[4] .. '|' .. f)
-return {'OK', f, ''}
+return {kind, f, ''}
 """
 
 # KEYS epoch, state, fence; ARGV epoch, expected version, fence, blob, channel.
