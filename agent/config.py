@@ -247,6 +247,39 @@ class NotifySection(Section):
     notify_on_restore: bool = Field(True, description="true or false")
 
 
+def _optional_path(value: Any) -> Any:
+    return None if value in ("", None) else _expand_path(value)
+
+
+class ClusterSection(Section):
+    """Tunables of the multi-machine cluster. Membership itself (login id, Redis URL, this
+    member's id) is state, written by ``credsync cluster init``/``join`` into the login's
+    state dir, never here: see ``agent.cluster.membership``."""
+
+    password_file: Path | None = Field(
+        None, description=f'a file path (mode 0600) holding the Redis password, or ""; '
+                          f'{PATH_RULE}')
+    ca_file: Path | None = Field(
+        None, description=f'a PEM file of CA certificates for rediss://, or "" for the '
+                          f'system store; {PATH_RULE}')
+    quarantine_s: float = Field(
+        45, ge=0, le=3600, description="seconds, 0 to 3600: no claim for this long after Redis "
+                                       "lost its data (every member re-seeds first)")
+    claim_valid_s: float = Field(
+        10, gt=0, le=60, description="seconds, more than 0 and at most 60: a claim older than "
+                                     "this when the request would go is released instead")
+    connect_timeout_s: float = Field(2, gt=0, le=30, description="seconds, more than 0, to 30")
+    socket_timeout_s: float = Field(2, gt=0, le=30, description="seconds, more than 0, to 30")
+    heartbeat_s: float = Field(30, ge=1, le=3600, description="seconds, 1 to 3600")
+    echo_every_s: float = Field(2, gt=0, le=60, description="seconds, more than 0, to 60")
+    echo_deadline_s: float = Field(1.5, gt=0, le=60, description="seconds, more than 0, to 60")
+    fallback: Literal["never", "solo"] = Field(
+        "never", description='"never" or "solo" (refresh alone after a long outage when no '
+                             'other member was seen for 24 h)')
+
+    _paths = field_validator("password_file", "ca_file", mode="before")(_optional_path)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid",
@@ -262,6 +295,8 @@ class Settings(BaseSettings):
                                     description="a [refresh] table")
     notify: NotifySection = Field(default_factory=lambda: NotifySection(),
                                   description="a [notify] table")
+    cluster: ClusterSection = Field(default_factory=lambda: ClusterSection(),
+                                    description="a [cluster] table")
 
     @classmethod
     def settings_customise_sources(

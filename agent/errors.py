@@ -10,7 +10,10 @@
     │   └── InvalidGrantError      the refresh token was rejected: terminal for it
     ├── ReloginRequired      no valid login is left anywhere: the user must log in
     ├── AgentAlreadyRunning  another agent holds this state dir
-    └── InstallError         the login item could not be installed or removed
+    ├── InstallError         the login item could not be installed or removed
+    └── ClusterError         the cluster (Redis) refused, failed, or holds what does not open
+        └── ClusterUnavailable   Redis could not be reached or did not answer in time:
+                                 while other members are known, nobody refreshes
 
 Foreign exceptions are mapped at the boundary with ``raise ... from``. Messages never hold a
 token; they name what failed and, where there is one, what to do.
@@ -74,3 +77,13 @@ class AgentAlreadyRunning(CredsyncError):
 
 class InstallError(CredsyncError):
     """A login item (systemd unit, LaunchAgent, scheduled task) could not be set up or removed."""
+
+
+class ClusterError(CredsyncError):
+    """The shared cluster refused an operation, or what it holds does not open (wrong key,
+    altered, replayed). Never names a token; names the Redis URL only without secrets."""
+
+
+class ClusterUnavailable(ClusterError):
+    """Redis could not be reached, or did not answer within its deadline. The outcome of a
+    write that timed out is unknown: treat a claim as possibly taken."""

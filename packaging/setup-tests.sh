@@ -1,8 +1,9 @@
 #!/bin/sh
 # Install everything the tests need and run the whole suite (what CI runs).
 # Debian packages when apt-get is there (real keychain, notification daemon, X server, systemd
-# tools); Python packages in ./.venv. On macOS the Debian part is skipped: the tests that need
-# gnome-keyring, dunst or Xvfb then fail loudly rather than skip.
+# tools, redis-server for the cluster tests); Python packages in ./.venv. On macOS the Debian
+# part is skipped: the tests that need gnome-keyring, dunst, Xvfb or redis-server then fail
+# loudly rather than skip (brew install redis gives the last).
 set -eu
 cd "$(dirname "$0")/.."
 if command -v apt-get >/dev/null; then
@@ -11,7 +12,7 @@ if command -v apt-get >/dev/null; then
     $sudo_ apt-get update -q >/dev/null
     $sudo_ apt-get install -y -q --no-install-recommends python3-venv dbus-daemon dbus-bin \
         gnome-keyring libsecret-tools xvfb dunst libnotify-bin imagemagick xdotool \
-        systemd >/dev/null
+        systemd redis-server >/dev/null
 fi
 python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv

@@ -209,9 +209,11 @@ def _iso(ts: float) -> str:
 
 def _register_optional() -> None:
     # Commands that live in their own modules, registered here so that only the CLI prints.
+    from agent.cli.cluster import cluster_cmd
     from agent.cli.demo import demo_cmd
 
     main.add_command(demo_cmd, "demo")
+    main.add_command(cluster_cmd, "cluster")
     try:
         from agent.cli.install import install_cmd, uninstall_cmd
     except ImportError:  # pragma: no cover - during development only
