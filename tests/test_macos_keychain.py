@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent.sim.security import SecurityDouble
 
 from agent.clock import FakeClock
 from agent.config import RefreshSection
@@ -24,6 +23,7 @@ from agent.locks.mkdirlock import storage_write_lock
 from agent.reconcile import Reconciler
 from agent.refresh.coordinator import Coordinator, Kind
 from agent.sim.claude_keychain import cli_login, cli_read, cli_write, seal_overflow
+from agent.sim.security import SecurityDouble
 from agent.stores.claude_file import ClaudeFileStore
 from agent.stores.macos.identity import ClaudeEnv, KeychainIdentity, identity
 from agent.stores.macos.security import SecurityTool
