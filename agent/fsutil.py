@@ -325,3 +325,25 @@ def remove_stale_temps(directory: Path, older_than_s: float,
                 os.unlink(entry.path)
                 removed.append(Path(entry.path))
     return removed
+
+
+def append_line(path: Path, line: str) -> int:
+    """Append ``line`` and a newline to a private log (created 0600 in a private dir) and
+    fsync it; the file's size after. Never follows a FIFO or other special file (O_NONBLOCK
+    keeps a FIFO from blocking the open; it is then refused)."""
+    ensure_private_dir(path.parent)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags, PRIVATE_FILE)
+    except OSError as exc:
+        raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise StoreError(f"cannot write {path}: not a regular file; remove it")
+        os.write(fd, (line + "\n").encode())
+        os.fsync(fd)
+        return os.fstat(fd).st_size
+    except OSError as exc:
+        raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)

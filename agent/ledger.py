@@ -30,7 +30,6 @@ import hashlib
 import json
 import os
 import secrets
-import stat
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from typing import Any, TypeGuard
 
 from agent.credential import Credential, parse_document
 from agent.errors import StoreError
-from agent.fsutil import PRIVATE_FILE, atomic_write, ensure_private_dir, read_bytes
+from agent.fsutil import append_line, atomic_write, ensure_private_dir, read_bytes
 
 MAX_STATE_BYTES = 4_000_000
 LAST_GOOD_FILE = "last-good.json"
@@ -143,21 +142,7 @@ class Journal:
         return digest in view.spent or digest in view.rejected
 
     def _append(self, mark: str, digest: str, now: float) -> None:
-        ensure_private_dir(self.path.parent)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NONBLOCK", 0)
-        try:
-            fd = os.open(self.path, flags, PRIVATE_FILE)
-        except OSError as exc:
-            raise StoreError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise StoreError(f"cannot write {self.path}: not a regular file; remove it")
-            os.write(fd, f"{mark}{digest} {now:.3f}\n".encode())
-            os.fsync(fd)
-        except OSError as exc:
-            raise StoreError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
-        finally:
-            os.close(fd)
+        append_line(self.path, f"{mark}{digest} {now:.3f}")
 
     def record(self, refresh_token: str, now: float) -> None:
         """Append and fsync before the token is sent: a crash after sending must not forget it."""

@@ -11,14 +11,12 @@ file is rewritten (atomically) when it grows past four times that.
 
 from __future__ import annotations
 
-import os
 import re
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import StoreError
-from agent.fsutil import PRIVATE_FILE, atomic_write, ensure_private_dir, read_bytes
+from agent.fsutil import append_line, atomic_write, read_bytes
 
 KEEP = 64
 MAX_BYTES = 1_000_000
@@ -71,22 +69,7 @@ class Gossip:
         return raw.decode(errors="replace").splitlines() if raw else []
 
     def _append(self, line: str) -> None:
-        ensure_private_dir(self.path.parent)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NONBLOCK", 0)
-        try:
-            fd = os.open(self.path, flags, PRIVATE_FILE)
-        except OSError as exc:
-            raise StoreError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise StoreError(f"cannot write {self.path}: not a regular file; remove it")
-            os.write(fd, (line + "\n").encode())
-            os.fsync(fd)
-            size = os.fstat(fd).st_size
-        except OSError as exc:
-            raise StoreError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
-        finally:
-            os.close(fd)
+        size = append_line(self.path, line)
         if size > self.keep * 4 * 80:
             self._compact()
 
