@@ -63,12 +63,14 @@ class AgentProcess:
     """``credsync run`` in the background; ``stop()`` sends SIGTERM and waits (bounded)."""
 
     def __init__(self, config: Path, env: Mapping[str, str] | None = None,
-                 log: Path | None = None) -> None:
+                 log: Path | None = None, prefix: list[str] | None = None) -> None:
         self.config = config
         self.log = log or config.with_suffix(".stderr")
         self._log_fh = open(self.log, "w")  # noqa: SIM115 - open for the process's lifetime
+        # ``prefix``: a wrapper such as faketime, for a machine whose clock is off.
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "run", "--config", str(config)], cwd=REPO,
+            [*(prefix or []), sys.executable, "-m", "agent.cli", "run", "--config",
+             str(config)], cwd=REPO,
             env=dict(env or os.environ), stdout=self._log_fh, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL)
 

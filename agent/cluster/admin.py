@@ -32,6 +32,7 @@ from agent.cluster.invite import (
 )
 from agent.cluster.keystore import Keychain, KeyStore, redis_password
 from agent.cluster.membership import GOSSIP_FILE, Membership, MembershipFile, ViewFile
+from agent.cluster.node import HELD_FILE, LIVE_FILE, ClusterNode
 from agent.cluster.redisio import RedisLink, Timeouts
 from agent.cluster.subscriber import Subscriber
 from agent.cluster.urls import RedisTarget, parse_redis_url
@@ -130,6 +131,24 @@ class ClusterAdmin:
         if self.members.load() is None:
             return None
         return self.client(self.open())
+
+    def node(self, events: queue.Queue[object] | None = None) -> ClusterNode | None:
+        """This machine's part in the cluster (None when the login is in none). With
+        ``events`` (the agent), a subscriber puts the cluster's events there once started;
+        one-shot commands read and claim through it without one."""
+        client = self.open_client()
+        if client is None:
+            return None
+        factory = None
+        if events is not None:
+            queue_ = events
+
+            def factory(c: ClusterClient) -> Subscriber:
+                return self.subscriber(c, queue_)
+        return ClusterNode(client, self.clock, self.ledger.journal, self.scope_dir,
+                           heartbeat_s=self.section.heartbeat_s,
+                           claim_valid_s=self.section.claim_valid_s,
+                           fallback=self.section.fallback, subscriber_factory=factory)
 
     def subscriber(self, client: ClusterClient, events: queue.Queue[object]) -> Subscriber:
         """A subscriber on links of its own (started by the caller, stopped by the caller)."""
@@ -245,7 +264,8 @@ class ClusterAdmin:
         except CredsyncError as exc:
             problem = str(exc)
         KeyStore(self.scope_dir, self.keychain).delete(member.login_id, member.key_store)
-        for path in (self.scope_dir / GOSSIP_FILE, ViewFile(self.scope_dir).path):
+        for path in (self.scope_dir / GOSSIP_FILE, ViewFile(self.scope_dir).path,
+                     self.scope_dir / HELD_FILE, self.scope_dir / LIVE_FILE):
             path.unlink(missing_ok=True)
         self.members.remove()
         return member, problem

@@ -50,6 +50,19 @@ class Wake:
     """Nothing happened; check deadlines (used by tests and by the refresh work)."""
 
 
+class Companion(Protocol):
+    """A part with events and deadlines of its own on the loop (the cluster node): its
+    thread puts events on the queue; ``handle`` only records one, ``due`` does the work."""
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def owns(self, event: object) -> bool: ...
+    def handle(self, event: object) -> bool: ...  # True: a round should follow
+    def next_at(self) -> float: ...
+    def due(self, now: float) -> bool: ...  # True: a round should follow
+    def clock_moved(self, delta: float) -> None: ...
+
+
 class WatcherLike(Protocol):
     def start(self) -> None: ...
     def stop(self) -> None: ...
@@ -70,6 +83,7 @@ class Agent:
         alerting: Alerting | None = None,
         writer: Reconciler | None = None,
         guard: CliLockGuard | None = None,
+        cluster: Companion | None = None,
     ) -> None:
         if writer is None:
             # The refresh coordinator writes the stores inside its locks: through the very same
@@ -87,6 +101,7 @@ class Agent:
         self.refresh = refresh
         self.alerting = alerting
         self.guard = guard
+        self.cluster = cluster
         self.config_dirs = {s.name: str(s.config_dir) for s in self.stores
                             if s.config_dir is not None}
         self.rounds = 0
@@ -212,6 +227,9 @@ class Agent:
         now = self.clock.now()
         if isinstance(event, Stop):
             self.stopping = event.reason
+        elif self.cluster is not None and self.cluster.owns(event):
+            if self.cluster.handle(event):
+                self._mark_dirty(now, 0.0)  # another machine's login: to the stores at once
         elif isinstance(event, FileChanged):
             if event.writing:
                 self.writer.writer_active(event.path, now)
@@ -250,6 +268,8 @@ class Agent:
             deadlines.append(beat_at)
         if self.polled:
             deadlines.append(self._next_poll)
+        if self.cluster is not None:
+            deadlines.append(self.cluster.next_at())
         return max(0.0, min(min(deadlines) - now, TICK_S))
 
     def _follow_clock(self, now: float) -> None:
@@ -266,6 +286,8 @@ class Agent:
             self.writer.moved_clock(delta)
             if self.refresh is not None:
                 self.refresh.clock_moved(delta)
+            if self.cluster is not None:
+                self.cluster.clock_moved(delta)
         self._last_now = now
 
     def due_work(self) -> None:
@@ -281,6 +303,9 @@ class Agent:
             self.guard.beat(now, self._sessions_may_refresh(now, beat_at))
         if self.polled and now >= self._next_poll:
             self._poll(now)
+        if self.cluster is not None and now >= self.cluster.next_at() and \
+                self.cluster.due(now):
+            self._mark_dirty(now, 0.0)
         if (self._dirty and self._due is not None and now >= self._due) or \
                 now >= self._next_audit or garbage_due or retry_due:
             self._dirty, self._due = False, None
@@ -350,6 +375,8 @@ class Agent:
         if self.watcher is not None:
             self.watcher.start()
         try:
+            if self.cluster is not None:
+                self.cluster.start()
             self.recover()
             self.reconcile()
             while self.stopping is None:
@@ -357,6 +384,8 @@ class Agent:
         finally:
             if self.guard is not None:
                 self.guard.release()
+            if self.cluster is not None:
+                self.cluster.stop()
             if self.watcher is not None:
                 self.watcher.stop()
             self.save({"stopped_at": self.clock.now()})

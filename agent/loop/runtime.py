@@ -30,6 +30,7 @@ from agent.winner import LoginState, Verdict
 if TYPE_CHECKING:
     from agent.cli.status import Status
     from agent.cli.tokennote import Note
+    from agent.cluster.node import ClusterNode
     from agent.config import Settings
     from agent.refresh.http import HttpRefresher
 
@@ -58,7 +59,7 @@ def run_agent(settings: Settings, config_path: Path, events: queue.Queue[object]
 
     clock = SystemClock()
     try:
-        with coordinator(settings, clock, repair_garbage=True) as coord:
+        with coordinator(settings, clock, repair_garbage=True, events=events) as coord:
             coord.records.ensure_salt()
             stores = coord.stores
             driver = None
@@ -72,7 +73,8 @@ def run_agent(settings: Settings, config_path: Path, events: queue.Queue[object]
                 if settings.refresh.enabled and settings.refresh.hold_cli_locks else None
             agent = Agent(stores, ledger, clock, events, Watcher(watch, events),
                           debounce_s=settings.agent.debounce_ms / 1000, refresh=driver,
-                          alerting=alerting, writer=coord.writer, guard=guard)
+                          alerting=alerting, writer=coord.writer, guard=guard,
+                          cluster=companion(coord))
             agent.load()
             log.info("started: %d stores, config %s, state %s", len(stores), config_path,
                      ledger.path)
@@ -82,6 +84,15 @@ def run_agent(settings: Settings, config_path: Path, events: queue.Queue[object]
                 alerting.close()
     finally:
         instance.release()
+
+
+def companion(coord: Coordinator) -> ClusterNode | None:
+    """The cluster node behind the coordinator's peers: it runs on the loop too."""
+    if coord.peers is None:
+        return None
+    from agent.cluster.node import ClusterNode
+
+    return coord.peers if isinstance(coord.peers, ClusterNode) else None
 
 
 class LazyRefresher:
@@ -110,20 +121,42 @@ class LazyRefresher:
 
 
 @contextmanager
-def coordinator(settings: Settings, clock: Clock,
-                repair_garbage: bool = False) -> Iterator[Coordinator]:
+def coordinator(settings: Settings, clock: Clock, repair_garbage: bool = False,
+                events: queue.Queue[object] | None = None) -> Iterator[Coordinator]:
     """The refresh coordinator and, through it, the one writer of the stores. One-shot
-    commands never repair garbage: only the agent can tell a write in progress."""
+    commands never repair garbage: only the agent can tell a write in progress. A login in
+    a cluster gets the cluster as one more store and as the coordinator's peers; the
+    agent's ``events`` get the cluster's events."""
     stores = build_stores(settings)
+    node = cluster_node(settings, clock, events)
+    if node is not None:
+        from agent.stores.cluster import ClusterStore
+
+        stores.append(ClusterStore(node))
     refresher = LazyRefresher(settings, clock)
     writer = Reconciler(stores, ledger_of(settings), clock, settings.refresh.max_lifetime_s,
                         repair_garbage)
     try:
         yield Coordinator(settings.refresh, writer, settings.claude.config_dirs, refresher,
-                          clock)
+                          clock, peers=node)
     finally:
         refresher.close()
         close_stores(stores)
+        if node is not None and events is None:
+            node.stop()  # the agent's loop stops its own
+
+
+def cluster_node(settings: Settings, clock: Clock,
+                 events: queue.Queue[object] | None) -> ClusterNode | None:
+    from agent.cluster.membership import MEMBERSHIP_FILE
+
+    # Checked without importing the cluster's modules (redis, cryptography): `credsync
+    # token` on a single machine must not pay for them.
+    if not (ledger_of(settings).path / MEMBERSHIP_FILE).exists():
+        return None
+    from agent.cluster.admin import ClusterAdmin
+
+    return ClusterAdmin(settings, clock).node(events)
 
 
 def _prepare_ledger(coord: Coordinator) -> None:

@@ -33,6 +33,7 @@ from agent.locks import owner as lockowner
 from agent.locks.filelock import FileLock
 from agent.locks.mkdirlock import MkdirLock, legacy_refresh_lock, oauth_refresh_lock
 from agent.reconcile import Reconciler
+from agent.refresh.peers import Claim, Hold, Peers
 from agent.stores.base import Role
 from agent.winner import LoginState, Verdict
 
@@ -84,6 +85,7 @@ class Kind(str, enum.Enum):
     UNREADABLE = "unreadable"  # the store holding the login cannot be read now: try again
     BUSY = "busy"  # another process holds the locks
     BLOCKED = "blocked"  # a holder credsync cannot write: the CLI keeps this login itself
+    HELD = "held"  # another machine refreshes, or the cluster cannot be reached: nothing sent
     STOPPED = "stopped"  # the agent was asked to stop meanwhile
 
     @classmethod
@@ -157,6 +159,7 @@ class Coordinator:
         clock: Clock,
         lock_wait_s: float | None = None,
         cli_lock_wait_s: float = CLI_LOCK_WAIT_S,
+        peers: Peers | None = None,
     ) -> None:
         self.section = section
         self.writer = writer
@@ -171,6 +174,8 @@ class Coordinator:
         # Long enough for another credsync process to finish its whole refresh.
         self.lock_wait_s = lock_wait_s if lock_wait_s is not None else section.timeout_s * 2 + 15
         self.cli_lock_wait_s = cli_lock_wait_s
+        # Other machines sharing the login (agent.cluster); None on a single machine.
+        self.peers = peers
         self._pause: Pause = no_pause
 
     @property
@@ -260,6 +265,10 @@ class Coordinator:
                 self.writer.rules(now).beats(best, seen):
             self.writer.round()
             return Outcome(Kind.ADOPTED, best, "another process had refreshed already")
+        if self.peers is not None and self.peers.check():
+            adopted = self._adopt(best)
+            if adopted is not None:
+                return adopted
         if not force and now < self.deadline(best):
             return Outcome(Kind.NOT_DUE, best, "not due yet")
         blocked = self.blocked()
@@ -267,7 +276,29 @@ class Coordinator:
             # A new login that one of the CLI's own stores cannot take would leave the CLI
             # with a spent refresh token there: refreshing is left to the CLI.
             return Outcome(Kind.BLOCKED, best, "; ".join(blocked), retry_after_s=BLOCKED_RETRY_S)
+        hold = self.peers.hold(now) if self.peers is not None else None
+        if hold is not None:
+            return Outcome(Kind.HELD, best, hold.reason, retry_after_s=hold.retry_after_s)
         return self._redeem(best, now)
+
+    def _adopt(self, cred: Credential) -> Outcome | None:
+        """Another machine's newer login arrived: the stores take it; nothing is sent."""
+        self.writer.round()
+        winner = self.best()
+        if winner is None or winner.same_tokens(cred):
+            return None
+        return Outcome(Kind.ADOPTED, winner, "another machine had refreshed already")
+
+    def _peer_hold(self, cred: Credential, now: float, hold: Hold) -> Outcome:
+        self._release(cred, now)  # the journal line: this token was not sent
+        if hold.relogin:
+            return self._refused(cred, now, "another machine sent this login's refresh token "
+                                            "and lost the answer", hold.reason)
+        if hold.adopt:
+            adopted = self._adopt(cred)
+            if adopted is not None:
+                return adopted
+        return Outcome(Kind.HELD, cred, hold.reason, retry_after_s=hold.retry_after_s)
 
     def blocked(self) -> list[str]:
         """The CLI's own stores credsync cannot write now, each with why."""
@@ -287,21 +318,41 @@ class Coordinator:
             # Unrecorded, it could be sent twice after a crash: send nothing (disk full).
             log.warning("cannot record the refresh in the journal (%s); not refreshing", exc)
             return Outcome(Kind.TRANSIENT, cred, f"cannot write the journal: {exc}")
+        claim: Claim | None = None
+        if self.peers is not None:
+            got = self.peers.claim(cred)
+            if isinstance(got, Hold):
+                return self._peer_hold(cred, now, got)
+            claim = got
+            if self.peers.expired(claim):
+                # Paused between claim and request (GC, SIGSTOP, a suspend): another machine
+                # may think this one dead; give the claim back rather than send late.
+                self.peers.unsent(claim)
+                return self._peer_hold(cred, now, Hold("the claim was held too long before "
+                                                       "sending; claiming again", 0.2))
         log.info("refreshing %s (expires %.0f s from now)", cred.fingerprint,
                  cred.expires_at - now)
         try:
             result = self._send(cred)
         except InvalidGrantError as exc:
+            self._peers_lost(claim)
             return self._refused(cred, now, "the token server refused the refresh token",
                                  str(exc))
         except TransientRefreshError as exc:
             if exc.may_have_rotated:
+                self._peers_lost(claim)
                 return self._lost(cred, now, str(exc))
+            if self.peers is not None and claim is not None:
+                self.peers.unsent(claim)
             self._release(cred, now)
             state = "offline" if cred.expires_at <= now else "retrying"
             self.records.set_problem(state, now, str(exc), cred.fingerprint)
             return Outcome(Kind.TRANSIENT, cred, str(exc), exc.retry_after_s)
-        return self._answered(cred, result)
+        return self._answered(cred, result, claim)
+
+    def _peers_lost(self, claim: Claim | None) -> None:
+        if self.peers is not None and claim is not None:
+            self.peers.lost(claim)
 
     def _send(self, cred: Credential) -> RefreshResultLike:
         """The request, on a worker thread while the loop keeps handling its events: a stop
@@ -329,7 +380,8 @@ class Coordinator:
         except StoreError as exc:  # it stays marked as sent: never re-sent, at worst
             log.warning("cannot record that the refresh token was not spent: %s", exc)
 
-    def _answered(self, cred: Credential, result: RefreshResultLike) -> Outcome:
+    def _answered(self, cred: Credential, result: RefreshResultLike,
+                  claim: Claim | None = None) -> Outcome:
         new = result.credential
         # Persisted before anything else: a successful answer is never discarded. A state dir
         # that refuses it (disk full) must not stop the stores, which are persistence too.
@@ -340,6 +392,10 @@ class Coordinator:
                       exc)
         self.records.record_refresh(new, result.expires_in, self.clock.now())
         self._save()
+        if self.peers is not None and claim is not None:
+            # Before the local stores: the other machines wait for this, the sessions here
+            # do not (the CLI locks are held until the stores are written).
+            self.peers.sent(claim, new, result.expires_in)
         self.writer.round(new)
         log.info("refreshed %s -> %s (lifetime %.0f s)", cred.fingerprint, new.fingerprint,
                  result.expires_in)
@@ -482,6 +538,11 @@ class RefreshDriver:
         return outcome
 
     def _after(self, outcome: Outcome, now: float) -> None:
+        if outcome.kind is Kind.HELD:
+            # Waiting on another machine (or on Redis): look again when the hold says, without
+            # backing off further; a newer login from the cluster resets this anyway.
+            self.retry_at = now + max(0.2, outcome.retry_after_s or 0.0)
+            return
         if outcome.kind in (Kind.TRANSIENT, Kind.BUSY, Kind.STOPPED, Kind.BLOCKED):
             self.retry_at = now + self.backoff.delay(self.attempt, outcome.retry_after_s)
             self.attempt += 1

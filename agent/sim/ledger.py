@@ -87,6 +87,10 @@ class Ledger:
         family, expires_at = entry
         return not self._families[family].revoked and now < expires_at
 
+    def issued(self) -> list[str]:
+        """Every token handed out, access and refresh (for scans: none may leak anywhere)."""
+        return [t for family in self._families for t in family.tokens]
+
     def family_of(self, token: str) -> int | None:
         if token in self._access:
             return self._access[token][0]

@@ -240,6 +240,10 @@ class OAuthServer:
         with self._lock:
             return list(self._log)
 
+    def issued_tokens(self) -> list[str]:
+        with self._lock:
+            return self._ledger.issued()
+
     def family_of(self, token: str) -> int | None:
         with self._lock:
             return self._ledger.family_of(token)
