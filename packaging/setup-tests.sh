@@ -12,7 +12,7 @@ if command -v apt-get >/dev/null; then
     $sudo_ apt-get update -q >/dev/null
     $sudo_ apt-get install -y -q --no-install-recommends python3-venv dbus-daemon dbus-bin \
         gnome-keyring libsecret-tools xvfb dunst libnotify-bin imagemagick xdotool \
-        systemd redis-server >/dev/null
+        systemd redis-server faketime >/dev/null
 fi
 python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv

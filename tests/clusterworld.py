@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.credential import Credential, parse_document
+from agent.ledger import scope_dir
 from agent.sim.server import OAuthServer
 from tests.agentproc import AgentProcess, credsync, wait_for, write_config
 from tests.clusterkit import raw_redis
@@ -89,6 +90,35 @@ class Machine:
 
     def log(self) -> str:
         return self.proc.output() if self.proc is not None else ""
+
+    # ----- what the machine's state dir says ----------------------------------------------
+    def _state(self, name: str) -> dict[str, Any]:
+        try:
+            obj = json.loads((scope_dir(self.state_dir) / name).read_text())
+        except (OSError, ValueError):
+            return {}
+        return obj if isinstance(obj, dict) else {}
+
+    def member_id(self) -> str | None:
+        found = self._state("cluster.json").get("member_id")
+        return str(found) if found else None
+
+    def view_epoch(self) -> str:
+        return str(self._state("cluster-view.json").get("epoch", ""))
+
+    def gossip(self) -> str:
+        try:
+            return (scope_dir(self.state_dir) / "cluster-gossip").read_text()
+        except OSError:
+            return ""
+
+    def offset_s(self) -> float | None:
+        found = self._state("cluster-live.json").get("offset_s")
+        return float(found) if isinstance(found, (int, float)) else None
+
+    def down_since(self) -> float | None:
+        found = self._state("cluster-live.json").get("down_since")
+        return float(found) if isinstance(found, (int, float)) else None
 
 
 @dataclass

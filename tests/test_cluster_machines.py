@@ -9,14 +9,17 @@ message Redis saw.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from agent.sim.server import OAuthServer
-from tests.clusterworld import Tap, World, leaked
-from tests.redisproc import running
+from tests.agentproc import credsync, wait_for
+from tests.clusterkit import raw_redis
+from tests.clusterworld import Machine, Tap, World, leaked
+from tests.redisproc import TcpProxy, running
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +59,162 @@ def test_three_machines_no_faults_one_request_per_rotation(world: World) -> None
     try:
         world.start()
         world.wait_live(10, "the login on a reaching b and c (which had none)")
-        world.run_for(20)
+        world.run_for(14)
         check_end(world, tap)
     finally:
         tap.close()
+
+
+def claimer(world: World) -> Machine | None:
+    """The machine whose claim is the newest in Redis (its member id is in the value)."""
+    r = raw_redis(world.redis.port)
+    try:
+        best: tuple[int, str] | None = None
+        for key in r.scan_iter(match="cs:*:claim:*"):
+            value = (r.get(key) or b"").decode(errors="replace").split("|")
+            if len(value) > 1 and value[1].isdigit() and \
+                    (best is None or int(value[1]) > best[0]):
+                best = (int(value[1]), value[0])
+    finally:
+        r.close()
+    if best is None:
+        return None
+    return next((m for m in world.machines if m.member_id() == best[1]), None)
+
+
+def test_redis_killed_and_restarted_empty_several_times(world: World) -> None:
+    a = world.add("a")
+    world.add("b")
+    world.add("c")
+    world.form()
+    world.login(a)
+    world.server.inject_delay(1.0, count=1000)  # every refresh takes a second
+    world.start()
+    world.wait_live(10)
+    for _ in range(3):
+        # 5 s apart: past the 3 s quarantine, so that claims happen between the losses
+        world.run_for(5)
+        world.redis.restart_empty()  # kill -9: every key gone, the epoch with it
+    world.run_for(10)
+    check_end(world)
+    epochs = {m.view_epoch() for m in world.machines}
+    assert len(epochs) == 1 and "" not in epochs  # every machine followed the new epochs
+
+
+def test_a_machine_stopped_while_its_request_is_in_flight(world: World) -> None:
+    a = world.add("a")
+    world.add("b")
+    world.add("c")
+    world.form()
+    world.login(a)
+    world.start()
+    world.wait_live(10)
+    stopped: list[Machine] = []
+
+    def stop_the_sender() -> None:
+        # In the server's handler, before it answers: the claim is in Redis, the request
+        # on the wire. The sender sleeps past its token's expiry and its claim's age.
+        if not stopped and (m := claimer(world)) is not None:
+            stopped.append(m)
+            m.pause()
+            threading.Timer(12.0, m.resume).start()
+
+    world.server.on_token_request = stop_the_sender
+    wait_for(lambda: bool(stopped), 15, "a refresh to stop")
+    requests = world.server.stats().token_requests
+    world.run_for(8)
+    # While the sender sleeps, nobody else sends: its claim is never taken over.
+    assert world.server.stats().token_requests == requests
+    world.server.on_token_request = None
+    world.run_for(10)
+    check_end(world)
+    assert "published generation" in stopped[0].log()
+
+
+def test_a_machine_stopped_in_flight_while_redis_loses_every_key(world: World) -> None:
+    a = world.add("a")
+    world.add("b")
+    world.add("c")
+    world.form()
+    world.login(a)
+    world.start()
+    world.wait_live(10)
+    stopped: list[Machine] = []
+
+    def stop_the_sender() -> None:
+        if not stopped and (m := claimer(world)) is not None:
+            stopped.append(m)
+            m.pause()
+
+    world.server.on_token_request = stop_the_sender
+    wait_for(lambda: bool(stopped), 15, "a refresh to stop")
+    world.server.on_token_request = None
+    wait_for(lambda: all(str(stopped[0].member_id()) in m.gossip() for m in world.machines
+                         if m is not stopped[0]), 5, "the claim gossiped to the others")
+    world.redis.restart_empty()  # the claim is gone from Redis; only gossip remembers it
+    requests = world.server.stats().token_requests
+    world.run_for(8)  # past the token's expiry and the quarantine
+    assert world.server.stats().token_requests == requests, world.logs()
+    stopped[0].resume()
+    world.run_for(10)
+    check_end(world)
+
+
+@pytest.mark.parametrize("skews", [(30.0, -20.0)])
+def test_clocks_skewed_by_tens_of_seconds(world: World, skews: tuple[float, float]) -> None:
+    a = world.add("a")
+    world.add("b", skew_s=skews[0])
+    world.add("c", skew_s=skews[1])
+    world.form()
+    world.login(a)
+    world.start()
+    world.wait_live(10)
+    world.run_for(16)
+    check_end(world)
+    offsets = [m.offset_s() for m in world.machines]
+    assert offsets[1] is not None and abs(offsets[1] + skews[0]) < 2, offsets
+    assert offsets[2] is not None and abs(offsets[2] + skews[1]) < 2, offsets
+
+
+def test_one_machine_s_link_stalled_then_back(world: World) -> None:
+    proxy = TcpProxy(world.redis.port)
+    try:
+        a = world.add("a")
+        world.add("b")
+        c = world.add("c", url=proxy.url)
+        world.form()
+        world.login(a)
+        world.start()
+        world.wait_live(10)
+        proxy.stall()
+        wait_for(lambda: c.down_since() is not None, 5, "c to notice its link is down")
+        world.run_for(10)  # a and b rotate; c holds, sending nothing
+        assert not world.on_live_token([c])
+        proxy.resume()
+        took = world.wait_live(8, "c caught up after its link came back")
+        assert took < 6
+        world.run_for(4)
+        check_end(world)
+    finally:
+        proxy.close()
+
+
+def test_redis_down_nobody_refreshes_and_status_says_since_when(world: World) -> None:
+    a = world.add("a")
+    b = world.add("b")
+    world.form()
+    world.login(a)
+    world.start()
+    world.wait_live(10)
+    world.run_for(2)
+    world.redis.kill9()
+    wait_for(lambda: all(m.down_since() is not None for m in world.machines), 6,
+             "both machines to see Redis gone")
+    requests = world.server.stats().token_requests
+    world.run_for(10)  # past the refresh deadline and the expiry: still nothing sent
+    assert world.server.stats().token_requests == requests
+    shown = credsync(["status", "--config", str(b.config)], env=b.env)
+    assert "offline since" in shown.stdout, shown.stdout
+    world.redis.start()
+    world.run_for(12)
+    check_end(world, min_rotations=2)

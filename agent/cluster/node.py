@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,7 +52,7 @@ log = logging.getLogger("credsync.cluster")
 
 LIVE_FILE = "cluster-live.json"  # what status shows: link, offset, members, last propagation
 HELD_FILE = "cluster-held.json"  # the generation held (0600, like last-good.json: it has tokens)
-RECONNECT_S = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0)
+RECONNECT_S = (1.0, 2.0, 4.0)  # as the subscriber: back within seconds of Redis
 SOLO_AFTER_S = 600.0  # fallback = "solo": refresh alone after this long without Redis...
 SOLO_QUIET_S = 86400.0  # ...when no other member was seen for this long
 TAKEN_RETRY_S = 1.0  # another member holds the claim: look again this often
@@ -491,6 +492,9 @@ class ClusterNode:
             if result.kind is PublishKind.OK:
                 self._published(new, gen, result.version, claim.result.fence)
                 return
+            if result.kind is PublishKind.EPOCH:
+                self.need_sync = True  # Redis lost its data meanwhile: republished after
+                break
             if result.kind is not PublishKind.STALE:
                 log.error("cluster: the refreshed login was not published (%s)", result.kind)
                 break
@@ -555,6 +559,57 @@ def load_live(scope_dir: Path) -> dict[str, Any]:
 
 
 def _hm(ts: float) -> str:
-    import time
-
     return time.strftime("%H:%M:%S", time.localtime(ts))
+
+
+def status_of(scope_dir: Path, now: float) -> dict[str, Any] | None:
+    """The cluster part of ``credsync status``, from what the agent last saved (no Redis
+    call, no token: fingerprints only). None when this login is in no cluster."""
+    from agent.cluster.membership import MembershipFile
+
+    try:
+        member = MembershipFile(scope_dir).load()
+    except ClusterError:
+        return {"state": "the membership file cannot be read: run credsync cluster status"}
+    if member is None:
+        return None
+    live = load_live(scope_dir)
+    down = live.get("down_since")
+    if isinstance(down, (int, float)):
+        state = f"offline since {_iso(down)} ({live.get('down_reason') or 'unreachable'})"
+    elif live.get("heartbeat_at") is None:
+        state = "not yet reached (is the agent running?)"
+    else:
+        state = "online"
+    out: dict[str, Any] = {"state": state, "member": f"{member.name} ({member.member_id})",
+                           "redis": member.redis_url, "login_id": member.login_id}
+    held = live.get("held")
+    if isinstance(held, dict):
+        out["generation"] = f"{held.get('gen')} ({held.get('fingerprint')}, by " \
+                            f"{held.get('by')})"
+    for key in ("offset_s", "last_propagation_ms"):
+        if isinstance(live.get(key), (int, float)):
+            out[key] = live[key]
+    beat = live.get("heartbeat_at")
+    if isinstance(beat, (int, float)):
+        out["last_heartbeat_s_ago"] = round(now - beat, 1)
+    members = live.get("members")
+    if isinstance(members, list):
+        out["members"] = [_member_line(m, now) for m in members if isinstance(m, dict)]
+    return out
+
+
+def _member_line(m: dict[str, Any], now: float) -> str:
+    seen = m.get("seen_ms")
+    ago = f"seen {max(0.0, now - float(seen) / 1000):.0f} s ago" \
+        if isinstance(seen, (int, float)) else "never seen"
+    offset = m.get("offset_s")
+    skew = f"clock offset {float(offset):+.1f} s" if isinstance(offset, (int, float)) else ""
+    prop = m.get("propagation_ms")
+    last = f"last propagation {float(prop):.1f} ms" if isinstance(prop, (int, float)) else ""
+    parts = [ago, skew, f"gen {m.get('gen', 0)}", last]
+    return f"{m.get('name')} ({m.get('member_id')}): " + ", ".join(p for p in parts if p)
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))

@@ -268,6 +268,14 @@ def collect_status(settings: Settings, config_path: Path) -> Status:
     from agent.cli.install import login_item_status
 
     status.extra["login_item"] = login_item_status(settings)
+    from agent.cluster.membership import MEMBERSHIP_FILE
+
+    if (ledger_of(settings).path / MEMBERSHIP_FILE).exists():
+        from agent.cluster.node import status_of
+
+        cluster = status_of(ledger_of(settings).path, clock.now())
+        if cluster is not None:
+            status.extra["cluster"] = cluster
     return status
 
 
