@@ -9,13 +9,19 @@ every credsync write answers "would it still see its login?". Time is a FakeCloc
 clock is kept on it (``clock_offset_s``), so that the store's one-second ``mdat`` rule sees the
 same time the keychain stamps items with. The Keychain is polled (``changed()`` every
 ``poll_s``): nothing here sends the agent an event for it.
+
+Last, the same as a real process on the real clock (tests/macagent.py: ``credsync run``'s steps
+with the darwin stores on the double).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import queue
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,11 +43,12 @@ from agent.sim.claude_keychain import cli_login, cli_read, cli_write, seal_overf
 from agent.sim.security import SecurityDouble
 from agent.sim.server import OAuthServer
 from agent.stores.claude_file import ClaudeFileStore
-from agent.stores.macos.identity import ClaudeEnv, identity
+from agent.stores.macos.identity import ClaudeEnv, KeychainIdentity, identity, session_env
 from agent.stores.macos.security import SecurityTool
 from agent.stores.macos.store import POLL_S, MacKeychainStore, WriteRecords
 from agent.stores.sink import SinkStore
-from tests.factories import read_doc, write_cred
+from tests.agentproc import REPO, AgentProcess, wait_for, write_config
+from tests.factories import make_cred, read_doc, write_cred
 
 LIFETIME_S = 200.0  # the server's access-token lifetime: refreshed 100 s after each login
 PYTHON = "/opt/homebrew/Cellar/python@3.12/3.12.7/bin/python3.12"  # what keyring ran under
@@ -280,3 +287,86 @@ def test_a_foreign_item_blocks_refreshing_and_status_gives_the_fix(mac: MacAgent
     text = render_text(status)
     assert "set-generic-password-partition-list" in text and "Claude Code's own" in text
     assert login.access_token not in text and login.refresh_token not in text
+
+
+# ----- a real agent process, on the real clock --------------------------------------------------
+
+class MacAgentProcess(AgentProcess):
+    """``credsync run``'s steps in a process of its own, the stores built for darwin on the
+    double (tests/macagent.py)."""
+
+    def __init__(self, config: Path, security: Path, env: dict[str, str]) -> None:
+        self.config = config
+        self.log = config.with_suffix(".stderr")
+        self._log_fh = open(self.log, "w")  # noqa: SIM115 - closed by stop()/kill()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.macagent", str(config), str(security)], cwd=REPO,
+            env=env, stdout=self._log_fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def test_a_real_agent_process_keeps_the_clis_keychain_item_in_step(tmp_path: Path) -> None:
+    double = SecurityDouble(tmp_path / "keychain")
+    double.configure(ui=True)
+    home = tmp_path / "home"
+    dirs = [home / ".claude", tmp_path / "work"]
+    for d in dirs:
+        d.mkdir(parents=True)
+    sink = SinkStore(tmp_path / "sinks" / "token", "access-token")
+    state = tmp_path / "state"
+    log_file = tmp_path / "log" / "credsync.log"
+    config = write_config(tmp_path / "config.toml", dirs, state, keychain=True,
+                          log_file=log_file, sinks=[{"path": sink.path, "format": sink.format}])
+    ident = identity(ClaudeEnv(user="alice"), home)
+    tool = SecurityTool(double.executable)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLAUDE_")}
+    env.update(HOME=str(home), USER="alice")  # the Mac user whose items these are
+
+    def hours(n: float) -> int:
+        return int((time.time() + n * 3600) * 1000)
+
+    def files_and_sink(cred: Credential) -> bool:
+        held = sink.read().valid
+        return all(ClaudeFileStore(d).read().valid == cred for d in dirs) and \
+            held is not None and held.access_token == cred.access_token
+
+    def cli_has(cred: Credential, of: KeychainIdentity = ident) -> bool:
+        login = cli_login(tool, of)
+        return login is not None and login["accessToken"] == cred.access_token
+
+    mcp = {"srv|1": {"accessToken": "mcp-token", "expiresAt": 1}}
+    first = make_cred(hours(2))
+    assert cli_write(tool, ident, {"claudeAiOauth": first.to_json_obj(), "mcpOAuth": mcp}) == 0
+    agent = MacAgentProcess(config, double.executable, env)
+    try:
+        agent.wait_started(state)
+        wait_for(lambda: files_and_sink(first), 10, "the CLI's login in every file")
+        # A new /login in a session: only the Keychain item changes; the poll finds it.
+        second = make_cred(hours(3))
+        assert cli_write(tool, ident, {"claudeAiOauth": second.to_json_obj(),
+                                       "mcpOAuth": mcp}) == 0
+        took = wait_for(lambda: files_and_sink(second), 30, "the new login in every file")
+        assert took < AUDIT_S / 2  # found by the poll (every 5 s), not by the audit
+        # A login in a file (written as the CLI writes files: temp file, rename): the watcher
+        # sees it, the agent writes the item, and a session reads it.
+        third = make_cred(hours(4))
+        tmp = dirs[1] / ".credentials.json.tmp-cli"
+        tmp.write_text(json.dumps({"claudeAiOauth": third.to_json_obj()}))
+        os.replace(tmp, dirs[1] / ".credentials.json")
+        wait_for(lambda: cli_has(third), 15, "the file's login in the CLI's item")
+        seen = cli_read(tool, ident)
+        assert seen.data is not None and seen.data["mcpOAuth"] == mcp
+        wait_for(lambda: files_and_sink(third), 10, "the file's login everywhere")
+        item = double.item(ident.service, ident.account)
+        assert item is not None and "apple-tool:" in item.partitions
+        # A session started with CLAUDE_CONFIG_DIR=<work> has an item of its own: kept too.
+        work = identity(session_env(dirs[1], home, None, {"USER": "alice"}), home)
+        assert work.service != ident.service and cli_has(third, work)
+        assert double.dialogs() == []
+        assert agent.stop() < 5
+        assert agent.proc.returncode == 0
+    finally:
+        agent.kill()
+    text = agent.output() + (log_file.read_text() if log_file.exists() else "")
+    assert "keychain:Claude Code-credentials: updated" in text  # the darwin store was used
+    for cred in (first, second, third):
+        assert cred.access_token not in text and cred.refresh_token not in text

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import queue
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +22,7 @@ from agent.errors import (
 from agent.loop.build import build_stores, close_stores, ledger_of
 from agent.reconcile import Reconciler
 from agent.refresh.coordinator import Coordinator, Kind, Outcome, RefreshDriver, RefreshResultLike
+from agent.stores.base import Store
 from agent.stores.claude_file import ClaudeFileStore
 from agent.winner import LoginState, Verdict
 
@@ -35,8 +36,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("credsync")
 
+StoreBuilder = Callable[["Settings"], list[Store]]
 
-def run_agent(settings: Settings, config_path: Path, events: queue.Queue[object]) -> str:
+
+def run_agent(settings: Settings, config_path: Path, events: queue.Queue[object],
+              build: StoreBuilder = build_stores) -> str:
+    """``credsync run``: the loop until a Stop. ``build`` makes the stores from the settings
+    (tests build the darwin stores on the ``security`` double with it)."""
     from agent.locks.filelock import InstanceLock
 
     ledger = ledger_of(settings)
@@ -58,7 +64,7 @@ def run_agent(settings: Settings, config_path: Path, events: queue.Queue[object]
 
     clock = SystemClock()
     try:
-        with coordinator(settings, clock, repair_garbage=True) as coord:
+        with coordinator(settings, clock, repair_garbage=True, build=build) as coord:
             coord.records.ensure_salt()
             stores = coord.stores
             driver = None
@@ -110,11 +116,11 @@ class LazyRefresher:
 
 
 @contextmanager
-def coordinator(settings: Settings, clock: Clock,
-                repair_garbage: bool = False) -> Iterator[Coordinator]:
+def coordinator(settings: Settings, clock: Clock, repair_garbage: bool = False,
+                build: StoreBuilder = build_stores) -> Iterator[Coordinator]:
     """The refresh coordinator and, through it, the one writer of the stores. One-shot
     commands never repair garbage: only the agent can tell a write in progress."""
-    stores = build_stores(settings)
+    stores = build(settings)
     refresher = LazyRefresher(settings, clock)
     writer = Reconciler(stores, ledger_of(settings), clock, settings.refresh.max_lifetime_s,
                         repair_garbage)
