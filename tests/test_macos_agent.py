@@ -50,6 +50,8 @@ from agent.stores.sink import SinkStore
 from tests.agentproc import REPO, AgentProcess, wait_for, write_config
 from tests.factories import make_cred, read_doc, write_cred
 
+pytestmark = pytest.mark.integration  # the simulated OAuth server over HTTP, real processes
+
 LIFETIME_S = 200.0  # the server's access-token lifetime: refreshed 100 s after each login
 PYTHON = "/opt/homebrew/Cellar/python@3.12/3.12.7/bin/python3.12"  # what keyring ran under
 
