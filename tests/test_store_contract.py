@@ -1,8 +1,10 @@
 """One contract for the Store interface, run against every implementation.
 
 Subjects: the CLI's credential file, the cache-file sink in each format, the keychain store on
-an in-memory keyring, and the keychain store on a real gnome-keyring (integration), through
-keyring's Secret Service backend and through credsync's kept-connection one.
+an in-memory keyring, the keychain store on a real gnome-keyring (integration), through
+keyring's Secret Service backend and through credsync's kept-connection one, and Claude Code's
+own macOS Keychain item through the ``security`` double (another writer seeds it as the CLI
+would: an item the CLI's ``security`` owns, readable by credsync).
 """
 
 from __future__ import annotations
@@ -22,9 +24,13 @@ from keyring.backends import SecretService
 from agent.credential import Credential, ReadState
 from agent.errors import StoreError
 from agent.fsutil import stat_signature
+from agent.sim.security import SecurityDouble
 from agent.stores.base import Store
 from agent.stores.claude_file import ClaudeFileStore
 from agent.stores.keychain import KeychainBackend, KeychainCalls, KeychainStore, MemoryKeyring
+from agent.stores.macos.identity import ClaudeEnv, identity
+from agent.stores.macos.security import SecurityTool
+from agent.stores.macos.store import MacKeychainStore, WriteRecords
 from agent.stores.secretservice import SecretServiceKeyring
 from agent.stores.sink import SinkStore
 from tests.realkeyring import real_keyring_fixture  # noqa: F401
@@ -89,6 +95,26 @@ def _keychain_subject(backend: KeychainBackend) -> Subject:
                    lambda text: backend.set_password(store.service, store.account, text))
 
 
+def _macos_subject(tmp_path: Path) -> Subject:
+    double = SecurityDouble(tmp_path / "keychain")
+    home = tmp_path / "home"
+    (home / ".claude").mkdir(parents=True)  # the CLI's storage dir: its write lock lives there
+    ident = identity(ClaudeEnv(user="alice"), home)
+    store = MacKeychainStore(ident, SecurityTool(double.executable), config_dir=home / ".claude",
+                             records=WriteRecords(tmp_path / "keychain-writes.json"))
+
+    def writes() -> int:  # every command that can change an item (a -i line is recorded too)
+        return sum(1 for argv in double.calls() if argv and argv[0] in (
+            "-i", "add-generic-password", "delete-generic-password"))
+
+    def raw() -> str | None:
+        item = double.item(ident.service, ident.account)
+        return item.secret.decode() if item is not None else None
+
+    return Subject(store, writes, raw,
+                   lambda text: double.put(ident.service, ident.account, text))
+
+
 def _build(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Subject:
     if kind == "claude-file":
         config_dir = tmp_path / "config"
@@ -102,6 +128,8 @@ def _build(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Subject
                              documents=fmt == "claude")
     if kind == "keychain-memory":
         return _keychain_subject(MemoryKeyring())
+    if kind == "keychain-macos":
+        return _macos_subject(tmp_path)
     request.getfixturevalue("real_keyring")
     if kind == "keychain-kept":
         kept = SecretServiceKeyring()
@@ -114,11 +142,11 @@ REAL_KEYCHAINS = [pytest.param(kind, marks=pytest.mark.integration)
                   for kind in ("keychain-real", "keychain-kept")]
 ALL = [
     "claude-file", "sink-claude", "sink-access-token", "sink-env", "sink-json",
-    "keychain-memory", *REAL_KEYCHAINS,
+    "keychain-memory", "keychain-macos", *REAL_KEYCHAINS,
 ]
 FILES = ["claude-file", "sink-claude", "sink-access-token", "sink-env", "sink-json"]
-DOCUMENTS = ["claude-file", "sink-claude", "keychain-memory", *REAL_KEYCHAINS]
-SOURCES = ["claude-file", "keychain-memory", *REAL_KEYCHAINS]
+DOCUMENTS = ["claude-file", "sink-claude", "keychain-memory", "keychain-macos", *REAL_KEYCHAINS]
+SOURCES = ["claude-file", "keychain-memory", "keychain-macos", *REAL_KEYCHAINS]
 
 
 @pytest.fixture

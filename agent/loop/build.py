@@ -73,11 +73,14 @@ def file_stores(settings: Settings) -> list[ClaudeFileStore]:
 
 
 def build_stores(settings: Settings, backend: KeychainBackend | None = None,
-                 platform: str = sys.platform) -> list[Store]:
+                 platform: str = sys.platform, security: Path | None = None) -> list[Store]:
+    """The stores these settings name on ``platform``; on darwin the Keychain items go through
+    ``security`` (default /usr/bin/security; tests pass the double's executable)."""
     stores: list[Store] = list(file_stores(settings))
     if platform == "darwin":
         # The CLI's own store there: watched even with `keychain = false` (then never written).
-        stores.extend(macos_stores(settings, read_only=not settings.claude.keychain))
+        stores.extend(macos_stores(settings, security=security,
+                                   read_only=not settings.claude.keychain))
     elif settings.claude.keychain:
         from agent.stores.keychain import keychain_stores
 

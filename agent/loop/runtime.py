@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import queue
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +22,7 @@ from agent.errors import (
 from agent.loop.build import build_stores, close_stores, ledger_of
 from agent.reconcile import Reconciler
 from agent.refresh.coordinator import Coordinator, Kind, Outcome, RefreshDriver, RefreshResultLike
+from agent.stores.base import Store
 from agent.stores.claude_file import ClaudeFileStore
 from agent.winner import LoginState, Verdict
 
@@ -36,8 +37,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("credsync")
 
+StoreBuilder = Callable[["Settings"], list[Store]]
 
-def run_agent(settings: Settings, config_path: Path, events: queue.Queue[object]) -> str:
+
+def run_agent(settings: Settings, config_path: Path, events: queue.Queue[object],
+              build: StoreBuilder = build_stores) -> str:
+    """``credsync run``: the loop until a Stop. ``build`` makes the stores from the settings
+    (tests build the darwin stores on the ``security`` double with it)."""
     from agent.locks.filelock import InstanceLock
 
     ledger = ledger_of(settings)
@@ -59,7 +65,8 @@ def run_agent(settings: Settings, config_path: Path, events: queue.Queue[object]
 
     clock = SystemClock()
     try:
-        with coordinator(settings, clock, repair_garbage=True, events=events) as coord:
+        with coordinator(settings, clock, repair_garbage=True, events=events,
+                         build=build) as coord:
             coord.records.ensure_salt()
             stores = coord.stores
             driver = None
@@ -122,12 +129,13 @@ class LazyRefresher:
 
 @contextmanager
 def coordinator(settings: Settings, clock: Clock, repair_garbage: bool = False,
-                events: queue.Queue[object] | None = None) -> Iterator[Coordinator]:
+                events: queue.Queue[object] | None = None,
+                build: StoreBuilder = build_stores) -> Iterator[Coordinator]:
     """The refresh coordinator and, through it, the one writer of the stores. One-shot
     commands never repair garbage: only the agent can tell a write in progress. A login in
     a cluster gets the cluster as one more store and as the coordinator's peers; the
     agent's ``events`` get the cluster's events."""
-    stores = build_stores(settings)
+    stores = build(settings)
     node = cluster_node(settings, clock, events)
     if node is not None:
         from agent.stores.cluster import ClusterStore
