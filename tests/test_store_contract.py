@@ -2,7 +2,8 @@
 
 Subjects: the CLI's credential file, the cache-file sink in each format, the keychain store on
 an in-memory keyring, and the keychain store on a real gnome-keyring (integration), through
-keyring's Secret Service backend and through credsync's kept-connection one.
+keyring's Secret Service backend and through credsync's kept-connection one; the Windows store
+on the Credential Manager double (seeded as the CLI writes its item).
 """
 
 from __future__ import annotations
@@ -22,11 +23,16 @@ from keyring.backends import SecretService
 from agent.credential import Credential, ReadState
 from agent.errors import StoreError
 from agent.fsutil import stat_signature
+from agent.sim.claude_credman import ClaudeCredman
+from agent.sim.credman import CredmanDouble
 from agent.stores.base import Store
 from agent.stores.claude_file import ClaudeFileStore
 from agent.stores.keychain import KeychainBackend, KeychainCalls, KeychainStore, MemoryKeyring
+from agent.stores.macos.identity import ClaudeEnv
 from agent.stores.secretservice import SecretServiceKeyring
 from agent.stores.sink import SinkStore
+from agent.stores.windows.identity import identity as credman_identity
+from agent.stores.windows.store import WindowsCredmanStore
 from tests.realkeyring import real_keyring_fixture  # noqa: F401
 
 BASE_MS = 1_900_000_000_000
@@ -89,7 +95,29 @@ def _keychain_subject(backend: KeychainBackend) -> Subject:
                    lambda text: backend.set_password(store.service, store.account, text))
 
 
+def _credman_subject(tmp_path: Path) -> Subject:
+    # Credential Manager on: the item when there is one, else the CLI's fallback file.
+    home = tmp_path / "home"
+    (home / ".claude").mkdir(parents=True)
+    vault = CredmanDouble()
+    ident = credman_identity(ClaudeEnv(), home)
+    file = ClaudeFileStore(ident.storage_dir)
+    store = WindowsCredmanStore(ident, vault, file, lambda: True, lock_timeout_s=0.5)
+    cli = ClaudeCredman(vault, ident)
+
+    def raw() -> str | None:
+        text = cli.raw_text()
+        if text is None and file.path.exists():
+            return file.path.read_text()
+        return text
+
+    return Subject(store, lambda: (vault.calls.writes, stat_signature(file.path)), raw,
+                   cli.store_text)
+
+
 def _build(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Subject:
+    if kind == "credman-sim":
+        return _credman_subject(tmp_path)
     if kind == "claude-file":
         config_dir = tmp_path / "config"
         config_dir.mkdir()
@@ -114,11 +142,11 @@ REAL_KEYCHAINS = [pytest.param(kind, marks=pytest.mark.integration)
                   for kind in ("keychain-real", "keychain-kept")]
 ALL = [
     "claude-file", "sink-claude", "sink-access-token", "sink-env", "sink-json",
-    "keychain-memory", *REAL_KEYCHAINS,
+    "keychain-memory", "credman-sim", *REAL_KEYCHAINS,
 ]
 FILES = ["claude-file", "sink-claude", "sink-access-token", "sink-env", "sink-json"]
-DOCUMENTS = ["claude-file", "sink-claude", "keychain-memory", *REAL_KEYCHAINS]
-SOURCES = ["claude-file", "keychain-memory", *REAL_KEYCHAINS]
+DOCUMENTS = ["claude-file", "sink-claude", "keychain-memory", "credman-sim", *REAL_KEYCHAINS]
+SOURCES = ["claude-file", "keychain-memory", "credman-sim", *REAL_KEYCHAINS]
 
 
 @pytest.fixture
