@@ -1,6 +1,8 @@
 """A credential document over Credential Manager items, laid out as the CLI lays it out.
 
-The CLI (2.1.332) stores ``JSON.stringify(document)``:
+The CLI (2.1.332; ``strings -n 8 claude.exe`` line 592475, functions ``B`` count item, ``N``
+read, ``Re`` write, ``Pe`` delete; line 592460 ``qJn`` = 2400, ``SWr`` = 256, ``HVs`` the
+count check) stores ``JSON.stringify(document)``:
 - up to ``CHUNK`` (2400) UTF-8 bytes: as the main item ``<service>/claude-code-user``;
 - longer: base64 of the UTF-8 bytes, cut into pieces of 2400 characters, items ``...#0`` ..
   ``...#<n-1>``, then the count item ``...#m`` = ``{"n":<pieces>,"l":<base64 length>}``, then

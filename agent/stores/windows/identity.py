@@ -1,17 +1,19 @@
 """Whether Claude Code 2.1.332 keeps a config dir's login in Windows Credential Manager, and
-under which names, by the CLI's own rules (read from the win32-x64 build; README, "Windows").
+under which names, by the CLI's own rules (read from the win32-x64 build; README, "Windows";
+line numbers are of ``strings -n 8 claude.exe``).
 
 - In use when the session has ``CLAUDE_CODE_FORCE_WINDOWS_CREDMAN`` exactly ``"1"``; else when
   the cached feature ``tengu_windows_credman`` is ``true`` in the CLI's global config: the
   first of ``<config dir>/.config.json`` (legacy; skipped when missing or empty) and
   ``<CLAUDE_CONFIG_DIR or home>/.claude<suffix>.json``, under ``cachedGrowthBookFeatures``, or
   ``cachedFeatureFlags`` when that key is absent. Any failure to read or parse: not in use.
-  The CLI decides once, at start-up, per process.
+  The CLI decides once, at start-up, per process (line 592475 ``yWr``/``de``/``Oe``; line
+  592465 ``aW``; line 592057 ``RD`` for the suffix).
 - Items: ``Bun.secrets`` service ``Claude Code`` + suffix + ``-credentials`` + hash (the
   macOS service rules, ``agent.stores.macos.identity.service_name``), name ``claude-code-user``
   always (the Windows build has no ``$USER`` account). Bun's TargetName is ``service/name``;
   chunks, their count and the write marker are the names ``claude-code-user#<i>``, ``#m``,
-  ``#p``.
+  ``#p`` (line 592444 ``hRe``/``U7``, line 592460 ``H7``, line 592475 ``x``).
 - Storage dir (``.storage-write.lock``, the fallback ``.credentials.json``): as on macOS.
 
 Pure: the environment comes in as a mapping, files through a reader function.

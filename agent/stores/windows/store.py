@@ -1,7 +1,8 @@
 """Claude Code's login on Windows as one store: Credential Manager when the CLI uses it, else
 (and as the CLI's fallback) ``<storage dir>/.credentials.json``.
 
-What the CLI does (2.1.332, ``windows-credman-with-plaintext-fallback``; README, "Windows"):
+What the CLI does (2.1.332, ``windows-credman-with-plaintext-fallback``, the wrapper ``ee`` and
+the store ``L`` at line 592475 of ``strings -n 8 claude.exe``; README, "Windows"):
 - reads Credential Manager first; only when it holds no item (or one it cannot parse, or when
   Credential Manager cannot be used at all) does it read the file;
 - writes under ``.storage-write.lock`` after a strict re-read; a failed read skips the write;
