@@ -525,9 +525,7 @@ def test_fresh_logins_propagate_to_the_files_and_back(win: Win, tmp_path: Path) 
 
 # ----- wiring -------------------------------------------------------------------------------------
 
-def test_build_stores_on_windows_gives_one_credman_store_per_login(tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch
-                                                                   ) -> None:
+def test_build_stores_on_windows_gives_one_credman_store_per_login(tmp_path: Path) -> None:
     from agent.config import load_settings
 
     dirs = [tmp_path / "a", tmp_path / "b"]
@@ -544,3 +542,21 @@ def test_build_stores_on_windows_gives_one_credman_store_per_login(tmp_path: Pat
     assert any(isinstance(s, KeychainStore) for s in stores)  # credsync's own copy stays
     for s in stores:
         s.close()
+
+
+def test_dirs_sharing_a_securestorage_dir_share_one_store(tmp_path: Path) -> None:
+    from agent.stores.windows.store import claude_credman_stores
+
+    home, shared = tmp_path / "home", tmp_path / "shared"
+    dirs = [home / ".claude", tmp_path / "work"]
+    for d in (*dirs, shared):
+        d.mkdir(parents=True)
+    vault = CredmanDouble()
+    one = claude_credman_stores(dirs, vault, home=home, env={"CLAUDE_CODE_FORCE_WINDOWS_CREDMAN":
+                                                             "1"}, securestorage_dir=str(shared))
+    assert len(one) == 1 and isinstance(one[0], WindowsCredmanStore)
+    assert one[0].ident.storage_dir == shared and one[0].in_use() is True
+    both = claude_credman_stores(dirs, vault, home=home, env={}, securestorage_dir=None)
+    assert [s.ident.target for s in both if isinstance(s, WindowsCredmanStore)] == [
+        MAIN, f"Claude Code-credentials-{h8(str(dirs[1]))}/claude-code-user"]
+    assert all(isinstance(s, WindowsCredmanStore) and s.in_use() is False for s in both)

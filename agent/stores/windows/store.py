@@ -39,14 +39,12 @@ from agent.stores.windows.identity import CredmanIdentity
 log = logging.getLogger("credsync.credman")
 
 POLL_S = 5.0  # the CLI itself serves reads of its item up to 30 s old
-ITEM, FILE = "item", "file"
 
 
 @dataclass(frozen=True)
 class Snapshot:
-    """One read, as the CLI would read: from where, what, and the item's own text."""
+    """One read, as the CLI would read: what, and the item's own text."""
 
-    source: str  # ITEM or FILE: what the CLI reads now
     reading: Reading
     doc: dict[str, Any] | None  # the document a write keeps every other key of
     item_text: str | None = None  # the item's text (None: no item)
@@ -68,12 +66,9 @@ class WindowsCredmanStore(Store):
         self.config_dir = config_dir
         self.lock_timeout_s = lock_timeout_s
         self.name = f"credman:{ident.target}"
+        self.location = f"Credential Manager {ident.target!r}, else {file.path}"
         self._seen: object = None
         self._blocker: str | None = None
-
-    @property
-    def location(self) -> str:  # type: ignore[override]
-        return f"Credential Manager {self.ident.target!r}, else {self.file.path}"
 
     # ----- reading -----------------------------------------------------------------------
     def _stamp(self) -> object:
@@ -127,17 +122,17 @@ class WindowsCredmanStore(Store):
             if fallback.reading.valid is not None:
                 return fallback
             detail = f"Credential Manager item unreadable ({reading.detail})"
-            return Snapshot(ITEM, Reading(ReadState.INVALID, detail=detail), fallback.doc, text)
-        return Snapshot(ITEM, reading, doc, text)
+            return Snapshot(Reading(ReadState.INVALID, detail=detail), fallback.doc, text)
+        return Snapshot(reading, doc, text)
 
     def _from_file(self, item_text: str | None) -> Snapshot:
         reading, doc = self.file.read_document()
-        return Snapshot(FILE, reading, doc, item_text)
+        return Snapshot(reading, doc, item_text)
 
     @staticmethod
     def _failed(detail: str) -> Snapshot:
         why = f"{detail}; Claude Code cannot read its login either, and credsync writes nothing"
-        return Snapshot(ITEM, Reading(ReadState.ERROR, detail=detail), None, failed=why)
+        return Snapshot(Reading(ReadState.ERROR, detail=detail), None, failed=why)
 
     def write_blocker(self) -> str | None:
         """A login the item cannot take must not be made: the CLI would go on with the old
