@@ -2,9 +2,10 @@
 
 Subjects: the CLI's credential file, the cache-file sink in each format, the keychain store on
 an in-memory keyring, the keychain store on a real gnome-keyring (integration), through
-keyring's Secret Service backend and through credsync's kept-connection one, and Claude Code's
+keyring's Secret Service backend and through credsync's kept-connection one, Claude Code's
 own macOS Keychain item through the ``security`` double (another writer seeds it as the CLI
-would: an item the CLI's ``security`` owns, readable by credsync).
+would: an item the CLI's ``security`` owns, readable by credsync), and the Windows store on
+the Credential Manager double (seeded as the CLI writes its item).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from keyring.backends import SecretService
 from agent.credential import Credential, ReadState
 from agent.errors import StoreError
 from agent.fsutil import stat_signature
+from agent.sim.claude_credman import ClaudeCredman
+from agent.sim.credman import CredmanDouble
 from agent.sim.security import SecurityDouble
 from agent.stores.base import Store
 from agent.stores.claude_file import ClaudeFileStore
@@ -33,6 +36,8 @@ from agent.stores.macos.security import SecurityTool
 from agent.stores.macos.store import MacKeychainStore, WriteRecords
 from agent.stores.secretservice import SecretServiceKeyring
 from agent.stores.sink import SinkStore
+from agent.stores.windows.identity import identity as credman_identity
+from agent.stores.windows.store import WindowsCredmanStore
 from tests.realkeyring import real_keyring_fixture  # noqa: F401
 
 BASE_MS = 1_900_000_000_000
@@ -115,7 +120,29 @@ def _macos_subject(tmp_path: Path) -> Subject:
                    lambda text: double.put(ident.service, ident.account, text))
 
 
+def _credman_subject(tmp_path: Path) -> Subject:
+    # Credential Manager on: the item when there is one, else the CLI's fallback file.
+    home = tmp_path / "home"
+    (home / ".claude").mkdir(parents=True)
+    vault = CredmanDouble()
+    ident = credman_identity(ClaudeEnv(), home)
+    file = ClaudeFileStore(ident.storage_dir)
+    store = WindowsCredmanStore(ident, vault, file, lambda: True, lock_timeout_s=0.5)
+    cli = ClaudeCredman(vault, ident)
+
+    def raw() -> str | None:
+        text = cli.raw_text()
+        if text is None and file.path.exists():
+            return file.path.read_text()
+        return text
+
+    return Subject(store, lambda: (vault.calls.writes, stat_signature(file.path)), raw,
+                   cli.store_text)
+
+
 def _build(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Subject:
+    if kind == "credman-sim":
+        return _credman_subject(tmp_path)
     if kind == "claude-file":
         config_dir = tmp_path / "config"
         config_dir.mkdir()
@@ -142,11 +169,12 @@ REAL_KEYCHAINS = [pytest.param(kind, marks=pytest.mark.integration)
                   for kind in ("keychain-real", "keychain-kept")]
 ALL = [
     "claude-file", "sink-claude", "sink-access-token", "sink-env", "sink-json",
-    "keychain-memory", "keychain-macos", *REAL_KEYCHAINS,
+    "keychain-memory", "keychain-macos", "credman-sim", *REAL_KEYCHAINS,
 ]
 FILES = ["claude-file", "sink-claude", "sink-access-token", "sink-env", "sink-json"]
-DOCUMENTS = ["claude-file", "sink-claude", "keychain-memory", "keychain-macos", *REAL_KEYCHAINS]
-SOURCES = ["claude-file", "keychain-memory", "keychain-macos", *REAL_KEYCHAINS]
+DOCUMENTS = ["claude-file", "sink-claude", "keychain-memory", "keychain-macos", "credman-sim",
+             *REAL_KEYCHAINS]
+SOURCES = ["claude-file", "keychain-memory", "keychain-macos", "credman-sim", *REAL_KEYCHAINS]
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from agent.stores.sink import SinkStore
 if TYPE_CHECKING:
     from agent.config import Settings
     from agent.stores.keychain import KeychainBackend
+    from agent.stores.windows.credman import CredentialVault
 
 
 def _system_backend() -> KeychainBackend:
@@ -73,20 +74,53 @@ def file_stores(settings: Settings) -> list[ClaudeFileStore]:
 
 
 def build_stores(settings: Settings, backend: KeychainBackend | None = None,
-                 platform: str = sys.platform, security: Path | None = None) -> list[Store]:
+                 platform: str = sys.platform, security: Path | None = None,
+                 vault: CredentialVault | None = None) -> list[Store]:
     """The stores these settings name on ``platform``; on darwin the Keychain items go through
-    ``security`` (default /usr/bin/security; tests pass the double's executable)."""
-    stores: list[Store] = list(file_stores(settings))
+    ``security`` (default /usr/bin/security; tests pass the double's executable), on win32
+    Credential Manager through ``vault`` (tests pass the double)."""
+    stores: list[Store] = []
+    if platform == "win32":
+        # Each dir's login is the CLI's Credential Manager item when the CLI uses one, else
+        # (and as the CLI's fallback) its file: one store decides, as the CLI does.
+        stores.extend(windows_stores(settings, vault))
+    else:
+        stores.extend(file_stores(settings))
     if platform == "darwin":
         # The CLI's own store there: watched even with `keychain = false` (then never written).
         stores.extend(macos_stores(settings, security=security,
                                    read_only=not settings.claude.keychain))
     elif settings.claude.keychain:
+        # credsync's own copy (Secret Service, or Credential Manager item "credsync" on
+        # Windows); never one of Claude Code's items.
         from agent.stores.keychain import keychain_stores
 
         stores.extend(keychain_stores(settings.claude.config_dirs, backend or LazyBackend()))
     stores.extend(SinkStore(s.path, s.format, s.env_var) for s in settings.sinks)
     return stores
+
+
+def windows_stores(settings: Settings, vault: CredentialVault | None = None,
+                   env: dict[str, str] | None = None, home: Path | None = None) -> list[Store]:
+    """Claude Code's own Windows stores: the Credential Manager item (in the CLI's layout,
+    through advapi32) with the file as the CLI's fallback, per distinct login."""
+    import logging
+    import os
+
+    from agent.stores.windows.credman import VaultError, win_vault
+    from agent.stores.windows.store import claude_credman_stores
+
+    if vault is None:
+        try:
+            vault = win_vault()
+        except VaultError as exc:
+            logging.getLogger("credsync.credman").warning(
+                "Credential Manager cannot be used (%s): keeping the files only", exc)
+            return list(file_stores(settings))
+    return claude_credman_stores(
+        list(settings.claude.config_dirs), vault, home=home or Path.home(),
+        env=dict(os.environ) if env is None else env,
+        securestorage_dir=settings.claude.securestorage_dir)
 
 
 def macos_stores(settings: Settings, security: Path | None = None,

@@ -100,6 +100,12 @@ class ClaudeFileStore(Store):
         """Free this config dir's locks left by a credsync process that died holding them."""
         return release_orphans(self.config_dir) if self.config_dir.is_dir() else []
 
+    def write_holding_lock(self, cred: Credential, supersedes: Credential | None) -> bool:
+        """``write`` for a caller that already holds this dir's ``.storage-write.lock`` (the
+        Windows store, which decides between Credential Manager and this file inside it)."""
+        require_writable(cred)
+        return self._write_locked(cred, supersedes)
+
     def _write_locked(self, cred: Credential, supersedes: Credential | None) -> bool:
         reading, doc = self.read_document()
         current = reading.valid
