@@ -56,6 +56,7 @@ RECONNECT_S = (1.0, 2.0, 4.0)  # as the subscriber: back within seconds of Redis
 SOLO_AFTER_S = 600.0  # fallback = "solo": refresh alone after this long without Redis...
 SOLO_QUIET_S = 86400.0  # ...when no other member was seen for this long
 TAKEN_RETRY_S = 1.0  # another member holds the claim: look again this often
+SAME_CLOCK_MS = 1000.0  # expiry differences below this are not a skewed clock
 PUBLISH_TRIES = 3
 EVENTS = (StatePublished, Resubscribed, Claimed, Released, Lost, LinkDown)
 
@@ -301,12 +302,15 @@ class ClusterNode:
             return cred  # no heartbeat yet: the publisher's own figure is the best there is
         if payload.expires_in is not None and payload.expires_in > 0:
             ms = payload.issued_redis_ms + payload.expires_in * 1000 - offset * 1000
-            return with_expiry(cred, int(ms))
-        theirs = next((m.get("offset_s") for m in self.live.members
-                       if m.get("member_id") == payload.by), None)
-        if isinstance(theirs, (int, float)):
-            return with_expiry(cred, int(cred.expires_at_ms + (theirs - offset) * 1000))
-        return cred
+        else:
+            theirs = next((m.get("offset_s") for m in self.live.members
+                           if m.get("member_id") == payload.by), None)
+            if not isinstance(theirs, (int, float)):
+                return cred
+            ms = cred.expires_at_ms + (theirs - offset) * 1000
+        # Under a second is the measurement's own noise: the publisher's figure is kept, so
+        # that every machine without a real skew holds the very same document.
+        return cred if abs(ms - cred.expires_at_ms) < SAME_CLOCK_MS else with_expiry(cred, int(ms))
 
     def _mark_replaced(self, before: Held | None, prev_claim: str) -> None:
         # The login this state was refreshed from is spent: never sent from here, and it loses
