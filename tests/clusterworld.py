@@ -131,13 +131,15 @@ class World:
     urls: dict[str, str] = field(default_factory=dict)  # a machine's own way to Redis
 
     def add(self, name: str, skew_s: float = 0.0, url: str | None = None,
-            cluster: dict[str, Any] | None = None) -> Machine:
+            cluster: dict[str, Any] | None = None,
+            notify: dict[str, Any] | None = None) -> Machine:
         home = self.root / name
         (home / ".claude").mkdir(parents=True)
         refresh = {**REFRESH, "token_url": self.server.url,
                    "nominal_lifetime_s": self.lifetime_s}
         config = write_config(home / "config.toml", [home / ".claude"], home / "state",
-                              keychain=False, refresh=refresh)
+                              keychain=False, refresh=refresh,
+                              notify=notify or {"desktop": False})
         with config.open("a") as f:
             f.write("\n[cluster]\n" + "".join(f"{k} = {json.dumps(v)}\n"
                                               for k, v in {**CLUSTER, **(cluster or {})}.items()))

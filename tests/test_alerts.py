@@ -371,3 +371,42 @@ def test_critical_notices_never_come_more_often_than_the_interval(
             if n.urgency == "critical":
                 last_critical = n.time
     assert all(count == 1 for count in first_notice_for.values())
+
+
+# -- the cluster offline -------------------------------------------------------------------------
+
+def held(clock: FakeClock, since: float, expires_at: float, due_at: float) -> AuthObservation:
+    return AuthObservation(relogin_required=False, valid_login_fingerprint=OLD_FP,
+                           affected_dirs=DIRS, held="the cluster's Redis cannot be reached",
+                           held_since=since, due_at=due_at, expires_at=expires_at)
+
+
+def test_cluster_offline_one_normal_notice_when_due_one_critical_before_the_cli_window() -> None:
+    clock = FakeClock()
+    policy = make(clock)
+    start = clock.now()
+    expires = start + 8 * HOUR
+    due = expires - 1.6 * HOUR
+    assert policy.observe(held(clock, start, expires, due)) == []  # not due yet: silent
+    clock.advance(due - clock.now())
+    first = policy.observe(held(clock, start, expires, due))
+    assert [(n.event, n.urgency) for n in first] == [("cluster-offline", "normal")]
+    assert "offline since" in first[0].body.lower() and "cluster leave" in first[0].body
+    clock.advance(10 * 60)
+    assert policy.observe(held(clock, start, expires, due)) == []  # said once
+    critical_at = expires - 300 - 1800
+    clock.advance(critical_at - clock.now())
+    second = policy.observe(held(clock, start, expires, due))
+    assert [(n.event, n.urgency) for n in second] == [("cluster-offline", "critical")]
+    assert clock.now() < expires - 300  # before the CLI's own window
+    assert policy.observe(held(clock, start, expires, due)) == []
+    # Redis back: the next outage is told afresh, and it survives a restart in between
+    assert policy.observe(healthy(OLD_FP)) == []
+    again = AlertPolicy.from_json(policy.to_json(), NotifySection(), clock)
+    later = clock.now()
+    notices = again.observe(held(clock, later, expires, due))
+    assert [n.urgency for n in notices] == ["critical"]
+    restored = AlertPolicy.from_json(again.to_json(), NotifySection(), clock)
+    assert restored.observe(held(clock, later, expires, due)) == []
+    for notice in first + second + notices:
+        assert not any(t in notice.title + notice.body for t in TOKENS)

@@ -9,6 +9,7 @@ message Redis saw.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -199,9 +200,16 @@ def test_one_machine_s_link_stalled_then_back(world: World) -> None:
         proxy.close()
 
 
-def test_redis_down_nobody_refreshes_and_status_says_since_when(world: World) -> None:
+def test_redis_down_nobody_refreshes_and_status_says_since_when(world: World,
+                                                               tmp_path: Path) -> None:
+    notices = tmp_path / "notices"
+    script = tmp_path / "notify.py"
+    script.write_text("import os, sys\nwith open(sys.argv[1], 'a') as f:\n"
+                      "    f.write(os.environ['CREDSYNC_EVENT'] + ' '"
+                      " + os.environ['CREDSYNC_URGENCY'] + '\\n')\n")
     a = world.add("a")
-    b = world.add("b")
+    b = world.add("b", notify={"desktop": False,
+                               "command": [sys.executable, str(script), str(notices)]})
     world.form()
     world.login(a)
     world.start()
@@ -215,6 +223,10 @@ def test_redis_down_nobody_refreshes_and_status_says_since_when(world: World) ->
     assert world.server.stats().token_requests == requests
     shown = credsync(["status", "--config", str(b.config)], env=b.env)
     assert "offline since" in shown.stdout, shown.stdout
+    # 8 s tokens: already inside the last half hour before the CLI's window, so the one
+    # notice is the critical one, and it is not repeated
+    wait_for(lambda: notices.exists() and notices.read_text() != "", 5, "the notice")
+    assert notices.read_text().splitlines() == ["cluster-offline critical"]
     world.redis.start()
     world.run_for(12)
     check_end(world, min_rotations=2)

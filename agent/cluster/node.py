@@ -417,6 +417,12 @@ class ClusterNode:
             self._reread()
         return (self.held.gen if self.held else 0) > before
 
+    def holding(self, now: float) -> tuple[str, float] | None:
+        """Why refreshing is held now and since when (for the alert), or None."""
+        hold = self.hold(now)
+        since = self.live.down_since
+        return (hold.reason, since) if hold is not None and since is not None else None
+
     def hold(self, now: float) -> Hold | None:
         """Why this machine may not refresh now, or None."""
         down = self.live.down_since

@@ -7,6 +7,7 @@ monotonic clock stops while the machine sleeps.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue
@@ -23,9 +24,11 @@ from agent.ledger import Ledger, StoreMemory
 from agent.locks.guard import CliLockGuard
 from agent.loop.watcher import DirsChanged, FileChanged
 from agent.notify.alerting import Alerting, observation
+from agent.notify.alerts import AuthObservation
 from agent.reconcile import GARBAGE_GRACE_S, Reconciler, RoundReport
 from agent.refresh.coordinator import Kind, RefreshDriver
 from agent.stores.base import Role, Store
+from agent.winner import Verdict
 
 __all__ = ["AUDIT_S", "GARBAGE_GRACE_S", "TICK_S", "Agent", "RoundReport", "Stop", "Wake"]
 
@@ -61,6 +64,7 @@ class Companion(Protocol):
     def next_at(self) -> float: ...
     def due(self, now: float) -> bool: ...  # True: a round should follow
     def clock_moved(self, delta: float) -> None: ...
+    def holding(self, now: float) -> tuple[str, float] | None: ...  # why, since when
 
 
 class WatcherLike(Protocol):
@@ -166,7 +170,6 @@ class Agent:
         now = self.clock.now()
         report = self.writer.round()
         self._schedule_retry(report, self.readings, now)
-        verdict = report.verdict
         if self.refresh is not None:
             self.refresh.observe(report.winner)
         if self.guard is not None:
@@ -176,8 +179,7 @@ class Agent:
                 self.guard.hold(now)
             else:
                 self.guard.release()
-        if self.alerting is not None and verdict is not None:
-            self.alerting.observe(observation(verdict, self.config_dirs, now))
+        self._alert(report, now)
         self.rounds += 1
         self._next_audit = now + AUDIT_S
         self._last_report = report
@@ -185,6 +187,19 @@ class Agent:
         if self.on_round:
             self.on_round(report)
         return report
+
+    def _alert(self, report: RoundReport, now: float) -> None:
+        if self.alerting is not None and report.verdict is not None:
+            self.alerting.observe(self._observation(report.verdict, report, now))
+
+    def _observation(self, verdict: Verdict, report: RoundReport, now: float) -> AuthObservation:
+        obs = observation(verdict, self.config_dirs, now)
+        held = self.cluster.holding(now) if self.cluster is not None else None
+        if held is None or report.winner is None:
+            return obs
+        due = self.refresh.deadline if self.refresh is not None else None
+        return dataclasses.replace(obs, held=held[0], held_since=held[1], due_at=due,
+                                   expires_at=report.winner.expires_at)
 
     def _holder_blocked(self) -> bool:
         # credsync will not refresh this login (a store only the CLI may keep): the CLI's
@@ -320,6 +335,10 @@ class Agent:
                     # The stores the refresher left alone get the new login; a refused one is
                     # dropped from the contest, and the user is told when nothing is left.
                     self.reconcile()
+                elif outcome.kind is Kind.HELD and self._last_report is not None:
+                    # Held by the cluster: the user may have to hear of it before the next
+                    # round (the alert's times are the refresh deadline and the CLI's window).
+                    self._alert(self._last_report, self.clock.now())
 
     def _poll(self, now: float) -> None:
         self._next_poll = now + min(s.poll_s or AUDIT_S for s in self.polled)

@@ -13,6 +13,10 @@ Rules (issue 4):
 - Recovered: the first valid login whose fingerprint the alert did not declare dead clears the
   alert and gives one "restored" notice (unless ``notify_on_restore`` is false, or the user was
   never told about this episode).
+- Cluster offline: while refreshing is held because the cluster's Redis cannot be reached
+  (other machines share the login, so refreshing alone could spend its token twice), one
+  normal notice once the refresh is due, and one critical notice 30 minutes before the CLI's
+  own 5-minute refresh window, when its sessions would start to fail; once per outage.
 - Never: on transient failures (an observation without ``relogin_required``), on start or stop.
 
 The state survives a restart through ``to_json``/``from_json``, so a restarted agent does not
@@ -43,7 +47,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Event = Literal["relogin-required", "relogin-reminder", "refresh-token-expiring", "restored"]
+Event = Literal["relogin-required", "relogin-reminder", "refresh-token-expiring", "restored",
+                "cluster-offline"]
 Urgency = Literal["critical", "normal"]
 
 DAY_S = 86_400.0
@@ -52,6 +57,8 @@ STATE_VERSION = 1
 MAX_REMEMBERED_LOGINS = 64
 MAX_REASON_CHARS = 200
 FIX = "run `claude auth login` (or start `claude` and type /login, in any session)"
+CLI_WINDOW_S = 300.0  # the CLI refreshes when less than this is left
+CRITICAL_LEAD_S = 1800.0  # the critical cluster notice comes this long before that window
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,12 @@ class AuthObservation:
     login_fingerprint: str | None = None
     refresh_token_expires_at: float | None = None
     valid_login_fingerprint: str | None = None
+    # Refreshing is held (the cluster's Redis unreachable) since ``held_since``; the login
+    # was due at ``due_at`` and expires at ``expires_at``.
+    held: str = ""
+    held_since: float | None = None
+    due_at: float | None = None
+    expires_at: float | None = None
 
     def __post_init__(self) -> None:
         # A caller's list must not change the observation afterwards.
@@ -126,6 +139,8 @@ class AlertPolicy:
         # The last login seen valid: a failure that names no login (every store cleared) is
         # blamed on it, so that seeing it again is not mistaken for a recovery.
         self._last_valid: str | None = None
+        # The cluster outage notices given: (outage start, stages notified: 1 normal, 2 both)
+        self._held: tuple[float, int] | None = None
 
     @property
     def _remind_every_s(self) -> float:
@@ -148,6 +163,9 @@ class AlertPolicy:
             return self._on_relogin_required(obs, now)
         if obs.valid_login_fingerprint is not None:
             self._last_valid = obs.valid_login_fingerprint
+        held = self._maybe_warn_held(obs, now)
+        if held:
+            return held
         ep = self._episode
         if ep is not None:
             fp = obs.valid_login_fingerprint
@@ -229,6 +247,31 @@ class AlertPolicy:
         return [Notice("refresh-token-expiring", title, body, "normal",
                        tuple(obs.affected_dirs), now)]
 
+    def _maybe_warn_held(self, obs: AuthObservation, now: float) -> list[Notice]:
+        if not obs.held or obs.held_since is None or obs.expires_at is None:
+            self._held = None
+            return []
+        start, stage = self._held if self._held is not None and \
+            self._held[0] == obs.held_since else (obs.held_since, 0)
+        critical_at = obs.expires_at - CLI_WINDOW_S - CRITICAL_LEAD_S
+        due = obs.due_at if obs.due_at is not None else critical_at
+        want = 2 if now >= critical_at else 1 if now >= due else 0
+        if want <= stage:
+            self._held = (start, stage)
+            return []
+        self._held = (start, want)
+        left = _duration(obs.expires_at - now)
+        if want == 2:
+            title = f"Claude Code login expires in {left}: credsync cannot renew it"
+            urgency: Urgency = "critical"
+        else:
+            title = "credsync is not renewing the Claude login: the cluster is offline"
+            urgency = "normal"
+        body = (f"{_clean_reason(obs.held)}. Offline since {_when(start)}. The login expires "
+                f"at {_when(obs.expires_at)} (in {left}). Bring Redis back, or remove this "
+                "machine from the cluster (credsync cluster leave) to renew it alone.")
+        return [Notice("cluster-offline", title, body, urgency, tuple(obs.affected_dirs), now)]
+
     # -- persistence -------------------------------------------------------------------------
 
     def to_json(self) -> str:
@@ -239,6 +282,7 @@ class AlertPolicy:
             "last_relogin_notice_at": self._last_relogin_notice_at,
             "warned_at": self._warned_at,
             "last_valid": self._last_valid,
+            "held": list(self._held) if self._held is not None else None,
         }, sort_keys=True)
 
     @classmethod
@@ -268,6 +312,9 @@ class AlertPolicy:
         self._warned_at = _opt_num(data["warned_at"])
         last_valid = data["last_valid"]
         self._last_valid = None if last_valid is None else str(last_valid)
+        held = data.get("held")  # absent in state saved before the cluster existed
+        if isinstance(held, list) and len(held) == 2:
+            self._held = (_num(held[0]), int(_num(held[1])))
 
 
 def _merge(ep: _Episode, obs: AuthObservation) -> None:
