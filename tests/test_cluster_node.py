@@ -289,3 +289,37 @@ def test_an_adopted_login_s_expiry_is_put_on_this_machine_s_clock(
     assert held is not None and a.node.held is not None
     # 8 h from the refresh, on b's clock: 30 s later than a's figure
     assert abs(held.credential.expires_at - a.node.held.credential.expires_at - 30) < 2
+
+
+def test_a_claim_nobody_answers_for_five_minutes_is_a_relogin(
+        tmp_path: Path, login: Login, refresher: ScriptedRefresher) -> None:
+    a = box(tmp_path, login, refresher, "a", genesis=True)
+    b = box(tmp_path, login, refresher, "b")
+    old = due_login(a.clock.now())
+    write_cred(b.dir, old)
+    b.coord.writer.round()
+    taken = a.node.client.claim(old.refresh_token, a.node.client.state().version)
+    assert taken.ok  # and a is never heard of again
+    assert b.coord.run(old).kind is Kind.HELD
+    b.clock.advance(301)
+    outcome = b.coord.run(old)
+    assert outcome.kind is Kind.RELOGIN and "never answered" in outcome.message
+    assert refresher.sent == []
+
+
+def test_a_restarted_holder_that_never_saw_its_answer_marks_the_claim_lost(
+        tmp_path: Path, login: Login, refresher: ScriptedRefresher) -> None:
+    a = box(tmp_path, login, refresher, "a", genesis=True)
+    b = box(tmp_path, login, refresher, "b")
+    old = due_login(a.clock.now())
+    write_cred(a.dir, old)
+    write_cred(b.dir, old)
+    a.coord.writer.round()
+    b.coord.writer.round()
+    # a claimed, journalled and sent; then it was killed before the answer
+    a.coord.journal.record(old.refresh_token, a.clock.now())
+    assert a.node.client.claim(old.refresh_token, a.node.client.state().version).ok
+    assert a.coord.run(old).kind is Kind.RELOGIN  # the restarted a: sent before, answer unknown
+    outcome = b.coord.run(old)
+    assert outcome.kind is Kind.RELOGIN and "lost the answer" in outcome.message
+    assert refresher.sent == []

@@ -56,6 +56,9 @@ RECONNECT_S = (1.0, 2.0, 4.0)  # as the subscriber: back within seconds of Redis
 SOLO_AFTER_S = 600.0  # fallback = "solo": refresh alone after this long without Redis...
 SOLO_QUIET_S = 86400.0  # ...when no other member was seen for this long
 TAKEN_RETRY_S = 1.0  # another member holds the claim: look again this often
+# A claim that long without a state, release or "lost" from its holder (a machine that died
+# or vanished mid-refresh): the token may be spent, so a re-login is needed (and said).
+STUCK_S = 300.0
 SAME_CLOCK_MS = 1000.0  # expiry differences below this are not a skewed clock
 PUBLISH_TRIES = 3
 EVENTS = (StatePublished, Resubscribed, Claimed, Released, Lost, LinkDown)
@@ -121,6 +124,7 @@ class ClusterNode:
         self._next_try = 0.0
         self._tries = 0
         self._republish = False
+        self._taken_since: dict[str, float] = {}  # claim id -> first TAKEN (monotonic)
 
     # ----- the generation held -----------------------------------------------------------
     @property
@@ -469,6 +473,10 @@ class ClusterNode:
             if result.lost:
                 return Hold(f"machine {name} sent this refresh token and lost the answer",
                             0.0, relogin=True)
+            first = self._taken_since.setdefault(result.claim_id, self.clock.monotonic())
+            if self.clock.monotonic() - first > STUCK_S:
+                return Hold(f"machine {name} claimed this refresh token {STUCK_S / 60:g} min "
+                            "ago and never answered (stopped or gone?)", 0.0, relogin=True)
             return Hold(f"machine {name} is refreshing this login", TAKEN_RETRY_S)
         if result.kind is ClaimKind.QUARANTINE:
             return Hold("Redis lost its data recently; every machine re-seeds its claims "
@@ -522,6 +530,16 @@ class ClusterNode:
             self.client.release(claim.result)
         except ClusterError as exc:  # it stays claimed; this member may claim it again
             log.warning("cluster: cannot release the claim: %s", exc)
+
+    def lost_token(self, cred: Credential) -> None:
+        """This machine sent ``cred``'s token in an earlier life and never saw the answer (it
+        was killed): mark its claim lost, so that the others stop waiting for it."""
+        claim_id = self.client.keys.claim_id(cred.refresh_token)
+        mine = next((c for c in self.client.gossip.claims()
+                     if c.claim_id == claim_id and c.agent == self.client.me), None)
+        if mine is not None and not mine.lost:
+            self.lost(Claim(ClaimResult(ClaimKind.OK, claim_id, fence=mine.fence),
+                            self.clock.monotonic()))
 
     def lost(self, claim: Claim) -> None:
         if claim.result is None:

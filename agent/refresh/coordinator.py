@@ -292,8 +292,7 @@ class Coordinator:
     def _peer_hold(self, cred: Credential, now: float, hold: Hold) -> Outcome:
         self._release(cred, now)  # the journal line: this token was not sent
         if hold.relogin:
-            return self._refused(cred, now, "another machine sent this login's refresh token "
-                                            "and lost the answer", hold.reason)
+            return self._refused(cred, now, hold.reason, hold.reason)
         if hold.adopt:
             adopted = self._adopt(cred)
             if adopted is not None:
@@ -307,6 +306,8 @@ class Coordinator:
 
     def _redeem(self, cred: Credential, now: float) -> Outcome:
         if self.journal.was_sent(cred.refresh_token):
+            if self.peers is not None:
+                self.peers.lost_token(cred)  # the other machines stop waiting for our answer
             return self._lost(cred, now, "its refresh token was sent before and the answer is "
                                          "unknown (credsync stopped or the answer was lost)")
         prepare = getattr(self.refresher, "prepare", None)
