@@ -89,8 +89,33 @@ def load(config_path: Path | None) -> tuple[Any, Path]:
             from exc
 
 
+def version_line() -> str:
+    """credsync's version and the Claude Code releases whose behaviour it was checked against
+    (the releases ``agent.sim.session`` models, besides its pre-2.1.332 "current" model)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from agent.sim.session import Release
+
+    try:
+        own = version("credsync")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        own = "unknown (not installed)"
+    checked = sorted((r.value for r in Release if r is not Release.CURRENT),
+                     key=lambda v: tuple(int(p) for p in v.split(".")), reverse=True)
+    return f"credsync {own}\nchecked against Claude Code {' and '.join(checked)}"
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    click.echo(version_line())
+    ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="credsync")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=_print_version, help="Show the version and the Claude Code releases "
+                                            "checked against, then exit.")
 def main() -> None:
     """Keep every copy of your Claude Code login fresh and in step."""
 
@@ -211,9 +236,11 @@ def _register_optional() -> None:
     # Commands that live in their own modules, registered here so that only the CLI prints.
     from agent.cli.cluster import cluster_cmd
     from agent.cli.demo import demo_cmd
+    from agent.cli.doctor import doctor_cmd
 
     main.add_command(demo_cmd, "demo")
     main.add_command(cluster_cmd, "cluster")
+    main.add_command(doctor_cmd, "doctor")
     try:
         from agent.cli.install import install_cmd, uninstall_cmd
     except ImportError:  # pragma: no cover - during development only
