@@ -78,9 +78,10 @@ def environment_checks(env: Mapping[str, str], config_dirs: list[Path], config_f
                          "keeps"))
     else:
         listed = ", ".join(f'"{d}"' for d in [*kept, current])
+        unset = " (or run from a shell without the variable)" if set_vars else ""
         checks.append(fail("environment", f"{where}: sessions here use {current}, which "
                            "credsync does not keep", f"set [claude] config_dirs = [{listed}] "
-                           f"in {config_file} (or run from a shell without the variable)"))
+                           f"in {config_file}{unset}"))
     secure = env.get("CLAUDE_SECURESTORAGE_CONFIG_DIR")
     if secure and securestorage_dir is not None and secure != securestorage_dir:
         checks.append(warn("environment keychain", f"CLAUDE_SECURESTORAGE_CONFIG_DIR={secure} "
