@@ -10,9 +10,9 @@ from typing import Any, Protocol
 
 from agent.cli.status import Status
 from agent.cli.statustext import clean
-from agent.config import NotifySection, safe_url
+from agent.config import NotifySection
 from agent.doctor.model import Check, fail, ok, warn
-from agent.notify.notifier import NOT_INSTALLED, ServerProbe, desktop_problem
+from agent.notify.notifier import NOT_INSTALLED, ServerProbe, WebhookNotifier, desktop_problem
 
 __all__ = ["agent_checks", "keychain_checks", "login_item_checks", "notify_checks"]
 
@@ -54,7 +54,9 @@ def notify_checks(settings: NotifySection, probe: ServerProbe,
     reaches anyone at all."""
     fallback = bool(settings.command or settings.webhook)
     checks = [_desktop(settings, probe, fallback), _command(settings, which)]
-    checks.append(ok("notify webhook", f"set ({safe_url(settings.webhook)})") if settings.webhook
+    # Scheme and host only, as the notifier logs it: a webhook's path often holds its secret.
+    shown = WebhookNotifier(settings.webhook).safe_url if settings.webhook else ""
+    checks.append(ok("notify webhook", f"set ({shown})") if shown
                   else ok("notify webhook", "not set"))
     return checks
 
