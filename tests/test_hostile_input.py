@@ -430,7 +430,7 @@ def test_a_damaged_state_dir_never_stops_credsync(tmp_path: Path) -> None:
         write_doc(dirs[0], {"claudeAiOauth": server.issue_login()})
         config = write_config(tmp_path / "config.toml", dirs, state, keychain=False,
                               refresh={"token_url": server.url, "jitter": 0})
-        for args, code, first in ((["status"], 0, "config:"), (["refresh"], 0, "refreshed:")):
+        for args, code, first in ((["status"], 0, "config "), (["refresh"], 0, "refreshed:")):
             out = credsync([*args, "--config", str(config)], env=env)
             assert "Traceback" not in out.stderr, out.stderr
             assert out.returncode == code and out.stdout.startswith(first), out

@@ -566,6 +566,16 @@ def test_a_fresh_pip_install_delivers_to_a_real_notification_server(
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "desktop=sent", out.stderr
     assert real_desktop.wait_for("fresh-install")["DUNST_BODY"] == "from a fresh install"
+    # And `credsync doctor` of that install says the notification path works.
+    from tests.agentproc import write_config
+
+    config = write_config(tmp_path / "config.toml", [tmp_path / "claude"], tmp_path / "state",
+                          keychain=False, notify={"desktop": True})
+    doctor = subprocess.run([str(venv / "bin" / "credsync"), "doctor", "--config", str(config)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    lines = [x for x in doctor.stdout.splitlines() if x[6:].startswith("notifications:")]
+    assert lines == ["ok    notifications: a notification server is reachable and the "
+                     "notifier is installed"], doctor.stdout + doctor.stderr
 
 
 # -- no server: the fallbacks -----------------------------------------------------------------

@@ -32,7 +32,8 @@ from agent.install.installer import (
     subprocess_runner,
 )
 
-__all__ = ["build_installer", "current_platform", "install_cmd", "login_item_status",
+__all__ = ["build_installer", "current_platform", "install_cmd", "installer_for",
+           "login_item_status",
            "uninstall_cmd"]
 
 EXIT_FAILED = 1
@@ -72,6 +73,19 @@ def build_installer(log_file: Path | None, config: Path | None = None,
         environment=environment)
 
 
+def installer_for(settings: Settings, found: Path, explicit: Path | None,
+                  runner: Runner | None = None) -> Installer:
+    """The installer ``credsync install`` builds for these settings (``doctor`` compares the
+    installed login item with what it would write)."""
+    # The login item does not see this shell's CREDSYNC_CONFIG: pin a chosen file by path.
+    chosen = explicit or os.environ.get("CREDSYNC_CONFIG")
+    pinned = found if chosen and found.is_file() else None
+    # Only when the config does not list the dirs: then the variables chose them.
+    chosen_by_env = "config_dirs" not in settings.claude.model_fields_set
+    return build_installer(settings.agent.log_file, pinned, runner=runner,
+                           environment=carried_environment() if chosen_by_env else {})
+
+
 def login_item_status(settings: Settings | None = None,
                       runner: Runner | None = None) -> dict[str, object]:
     """For `credsync status`: is the login item installed, where, is the agent running."""
@@ -101,13 +115,7 @@ def install_cmd(dry_run: bool, config: Path | None) -> None:
     try:
         # Validated first: a login item with a broken config would only crash-loop.
         settings, found = load_settings(explicit)
-        # The login item does not see this shell's CREDSYNC_CONFIG: pin a chosen file by path.
-        chosen = explicit or os.environ.get("CREDSYNC_CONFIG")
-        pinned = found if chosen and found.is_file() else None
-        # Only when the config does not list the dirs: then the variables chose them.
-        chosen_by_env = "config_dirs" not in settings.claude.model_fields_set
-        installer = build_installer(settings.agent.log_file, pinned,
-                                    environment=carried_environment() if chosen_by_env else {})
+        installer = installer_for(settings, found, explicit)
         plan = installer.install(dry_run=dry_run)
     except ConfigError as exc:
         _fail("\ncredsync: ".join(exc.problems), EXIT_CONFIG)

@@ -89,28 +89,106 @@ def load(config_path: Path | None) -> tuple[Any, Path]:
             from exc
 
 
+def version_line() -> str:
+    """credsync's version and the Claude Code releases whose behaviour it was checked against
+    (the releases ``agent.sim.session`` models, besides its pre-2.1.332 "current" model)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from agent.sim.session import Release
+
+    try:
+        own = version("credsync")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        own = "unknown (not installed)"
+    checked = sorted((r.value for r in Release if r is not Release.CURRENT),
+                     key=lambda v: tuple(int(p) for p in v.split(".")), reverse=True)
+    return f"credsync {own}\nchecked against Claude Code {' and '.join(checked)}"
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    click.echo(version_line())
+    ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="credsync")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=_print_version, help="Show the version and the Claude Code releases "
+                                            "checked against, then exit.")
 def main() -> None:
     """Keep every copy of your Claude Code login fresh and in step."""
 
 
 @contextmanager
 def signals_to_queue(events: queue.Queue[object]) -> Iterator[None]:
-    """SIGTERM/SIGINT only enqueue a Stop; the loop ends itself. Old handlers are restored."""
+    """SIGTERM/SIGINT only enqueue a Stop; the loop ends itself. Old handlers are restored.
+
+    A Python handler runs only when the main thread next runs Python code, and the kernel may
+    hand a process signal to any thread (it does so right after a SIGCONT, for one): the main
+    thread, asleep in the queue's wait for up to the next deadline, would not see it for
+    minutes. So, where there is one, the signal's wake-up fd is read by a small thread, which
+    enqueues the Stop at once, from whichever thread the signal arrived on."""
     from agent.loop.agent import Stop
 
+    reader = _WakeupReader(events, Stop) if hasattr(signal, "set_wakeup_fd") and \
+        sys.platform != "win32" else None
+
     def handler(signum: int, _frame: FrameType | None) -> None:
-        events.put(Stop(signal.Signals(signum).name))
+        if reader is None:
+            events.put(Stop(signal.Signals(signum).name))
+        # else: the reader thread already enqueued it from the wake-up fd
 
     old: dict[signal.Signals, Callable[[int, FrameType | None], Any] | int | None] = {}
     for signum in (signal.SIGTERM, signal.SIGINT):
         old[signum] = signal.signal(signum, handler)
+    previous_fd = reader.start() if reader is not None else None
     try:
         yield
     finally:
         for signum, previous in old.items():
             signal.signal(signum, previous)
+        if reader is not None:
+            reader.stop(previous_fd)
+
+
+class _WakeupReader:
+    """Reads the signal numbers CPython's C-level handler writes to the wake-up fd (from any
+    thread) and enqueues a Stop for SIGTERM and SIGINT."""
+
+    def __init__(self, events: queue.Queue[object], stop: Callable[[str], object]) -> None:
+        import os
+        import threading
+
+        self._events = events
+        self._stop = stop
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._write_fd, False)  # the C handler must never block
+        self._thread = threading.Thread(target=self._run, name="credsync-signals", daemon=True)
+
+    def start(self) -> int:
+        previous = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+        self._thread.start()
+        return previous
+
+    def _run(self) -> None:
+        import os
+
+        while True:
+            data = os.read(self._read_fd, 64)
+            if not data:  # the write end closed: stop() was called
+                return
+            for number in data:
+                if number in (signal.SIGTERM, signal.SIGINT):
+                    self._events.put(self._stop(signal.Signals(number).name))
+
+    def stop(self, previous_fd: int | None) -> None:
+        import os
+
+        signal.set_wakeup_fd(previous_fd if previous_fd is not None else -1)
+        os.close(self._write_fd)
+        self._thread.join(timeout=2.0)
+        os.close(self._read_fd)
 
 
 @main.command()
@@ -211,9 +289,11 @@ def _register_optional() -> None:
     # Commands that live in their own modules, registered here so that only the CLI prints.
     from agent.cli.cluster import cluster_cmd
     from agent.cli.demo import demo_cmd
+    from agent.cli.doctor import doctor_cmd
 
     main.add_command(demo_cmd, "demo")
     main.add_command(cluster_cmd, "cluster")
+    main.add_command(doctor_cmd, "doctor")
     try:
         from agent.cli.install import install_cmd, uninstall_cmd
     except ImportError:  # pragma: no cover - during development only

@@ -14,6 +14,12 @@ JSON schema (``credsync status --json``), stable for scripts:
                           | "output" (a sink sessions read),
                   "state": "in-sync" | "stale" | "cleared" | "logged-out" | "missing" | "error",
                   "fingerprint": str | null, "expires_at": ISO-8601 | null, "detail": str}],
+      "mcp": [{"key": str, "server": str, "in_step": bool,
+               "dirs": [{"config_dir": str, "state": "valid" | "expired" | "cleared"
+                                  | "signing-in" | "missing" | "unreadable",
+                         "fingerprint": str | null, "expires_at": number | null,
+                         "refreshable": bool}]}],   # Claude Code's MCP connector tokens,
+                                                    # read only (agent.mcp)
       "extra": {...}   # sections added by other parts (refresh, alert, login item)
     }
 No token ever appears in it: fingerprints only.
@@ -27,7 +33,9 @@ from typing import Any
 
 from agent.credential import Credential, Reading, ReadState
 from agent.locks.filelock import InstanceLock
+from agent.mcp import McpKey, entries_of, mcp_keys
 from agent.reconcile import Reconciler
+from agent.stores.claude_file import ClaudeFileStore
 
 
 def iso(ts: float | None) -> str | None:
@@ -46,6 +54,8 @@ class StoreStatus:
     expires_at: str | None
     detail: str = ""
     role: str = "copy"
+    # Why credsync cannot write it, with the fix (macOS: an item another program made), or "".
+    blocker: str = ""
 
 
 ROLE_WORDS = {"holder": "Claude Code's own", "copy": "credsync's copy", "output": "sink"}
@@ -62,6 +72,8 @@ class Status:
     stores: list[StoreStatus]
     extra: dict[str, Any] = field(default_factory=dict)
     agent_state: str = "not running"  # running | stopped | not responding | not running
+    now: float = 0.0  # when it was collected: the text view says "in 5 h", "3 min ago"
+    mcp: list[McpKey] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         best = self.best
@@ -73,6 +85,7 @@ class Status:
                       "fingerprint": best.fingerprint if best else None,
                       "expires_at": iso(best.expires_at) if best else None},
             "stores": [vars(s) for s in self.stores],
+            "mcp": [key.to_json() for key in self.mcp],
             **({"extra": self.extra} if self.extra else {}),
         }
 
@@ -116,14 +129,27 @@ def collect(writer: Reconciler, config_file: str, now: float) -> Status:
             name=store.name, kind=store.kind, location=store.location, state=state_,
             fingerprint=cred.fingerprint if cred and cred.access_token else None,
             expires_at=iso(cred.expires_at) if cred and cred.expires_at_ms > 1 else None,
-            detail=detail, role=store.role.value))
+            detail=detail, role=store.role.value, blocker=blocker or ""))
     pid = InstanceLock(ledger.path).holder()
     status = Status(config_file, pid is not None, pid, str(ledger.path), verdict.state.value,
                     best, rows)
     status.agent_state = agent_state(pid, saved, now)
+    status.now = now
+    status.mcp = collect_mcp([s for s in writer.stores if isinstance(s, ClaudeFileStore)], now)
     if verdict.reason:
         status.extra["login"] = {"reason": verdict.reason}
     return status
+
+
+def collect_mcp(files: list[ClaudeFileStore], now: float) -> list[McpKey]:
+    """Each config dir's MCP connector entries, read only: credsync never writes them."""
+    per_dir = []
+    for store in files:
+        reading, document = store.read_document()
+        if reading.state is ReadState.MISSING:
+            document = {}  # a logout removes the whole file, MCP entries too: nothing there
+        per_dir.append((str(store.config_dir), entries_of(document, now)))
+    return mcp_keys(per_dir)
 
 
 # The agent saves its view every round, and runs a round at least every AUDIT_S: a view much
@@ -152,102 +178,8 @@ def _process_stopped(pid: int) -> bool:
     return bool(fields) and fields[0] in ("T", "t")
 
 
-# --- the text view -------------------------------------------------------------------------
-#
-# For people: plain words, no Python reprs. Every string that comes from outside (a config-dir
-# path, a store's detail, a server's error) is escaped, so that a newline or another control
-# character in a directory name cannot forge a row.
-
-_LOGIN_NEXT_STEP = {
-    "none": "no valid login in any store: log in with `claude` (or `claude auth login`)",
-    "expired": "the login has expired: run `credsync refresh`, or start the agent",
-    "relogin-required": "the refresh was refused: log in again with `claude auth login`",
-    "logged-out": "logged out on purpose: log in with `claude` (or `claude auth login`)",
-    "unreadable": "the login's store cannot be read now: see the store rows below",
-}
-_NO_SESSION_HINT = ("no desktop session: run inside a desktop login, or set "
-                    "[claude] keychain = false")
-_SWITCHES = frozenset({"enabled", "active", "desktop"})  # on/off rather than yes/no
-
-
-def clean(text: object) -> str:
-    """``text`` on one line: control and other unprintable characters escaped (\\n, \\x1b)."""
-    value = str(text)
-    if value.isprintable():
-        return value
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
-                   for c in value)
-
-
-def duration(seconds: float) -> str:
-    """28800 -> "8 h", 5400 -> "90 min", 45 -> "45 s", 259200 -> "3 d"."""
-    for unit, size, above in (("d", 86400, 2 * 86400), ("h", 3600, 2 * 3600),
-                              ("min", 60, 2 * 60)):
-        if abs(seconds) >= above:
-            return f"{round(seconds / size, 1):g} {unit}"
-    return f"{round(seconds, 1):g} s"
-
-
-def plain(key: str, value: object) -> str:
-    """One value of an extra section in words: on/off, yes/no, durations, escaped text."""
-    if isinstance(value, bool):
-        return ("on" if value else "off") if key in _SWITCHES else ("yes" if value else "no")
-    if isinstance(value, (int, float)) and key.endswith("_s"):
-        return duration(value)
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (list, tuple)):
-        return ", ".join(clean(v) for v in value)
-    return clean(value)
-
-
-def _label(key: str) -> str:
-    return clean(key[:-2] if key.endswith("_s") else key)
-
-
-def _section(value: dict[str, Any]) -> str:
-    return ", ".join(f"{_label(str(k))}={plain(str(k), v)}" for k, v in value.items()
-                     if v not in (None, "", []))
-
-
-def _login_line(status: Status) -> str:
-    best = status.best
-    state = clean(status.login_state)
-    login = f"{state}, {best.fingerprint}, expires {iso(best.expires_at)}" if best else state
-    step = _LOGIN_NEXT_STEP.get(status.login_state)
-    return f"{login} ({step})" if step else login
-
-
-def _agent_line(status: Status) -> str:
-    if not status.running:
-        return "not running"
-    pid = f"pid {status.pid}" if status.pid and status.pid > 0 else \
-        "pid unknown: agent.pid is unreadable"
-    return f"{status.agent_state} ({pid})"
-
-
-def _store_detail(s: StoreStatus) -> str:
-    detail = clean(s.detail)
-    if s.kind == "keychain" and "DBUS_SESSION_BUS_ADDRESS" in s.detail:
-        detail += f" ({_NO_SESSION_HINT})"
-    return detail
-
-
 def render_text(status: Status) -> str:
-    lines = [f"config:  {clean(status.config_file)}", f"agent:   {_agent_line(status)}",
-             f"login:   {_login_line(status)}"]
-    for key, value in status.extra.items():
-        if isinstance(value, dict):
-            lines.append(f"{clean(key) + ':':<8} {_section(value)}")
-    lines.append("stores:")
-    names = [clean(s.name) for s in status.stores]
-    width = max((len(n) for n in names), default=0)
-    for name, s in zip(names, status.stores, strict=True):
-        role = ROLE_WORDS.get(s.role, s.role)
-        parts = [f"  {name:<{width}}  {clean(s.state):<10}", clean(s.fingerprint or "-"),
-                 clean(s.expires_at or "-"), f"[{role}]"]
-        if s.state in ("error", "cleared", "logged-out", "missing") or \
-                (s.detail and s.role == "holder" and s.state != "in-sync"):
-            parts.append(_store_detail(s))
-        lines.append("  ".join(p for p in parts if p))
-    return "\n".join(lines)
+    """The view for people (``agent.cli.statustext``); ``--json`` is the one for scripts."""
+    from agent.cli.statustext import render
+
+    return render(status)

@@ -290,6 +290,17 @@ class Installer:
             self._execute(plan)
         return plan
 
+    def matches(self) -> bool | None:
+        """Is the installed login item the one ``install`` would write now (same program,
+        config and environment)? None when none is installed."""
+        current = _read(self.path)
+        if current is None:
+            return None
+        try:
+            return current == self._encode(self.render())
+        except InstallError:
+            return False
+
     def status(self) -> LoginItemStatus:
         if not self.path.exists():
             return LoginItemStatus(False, self.path, False, None, "not installed")

@@ -121,6 +121,14 @@ def remove_if_orphaned(path: Path) -> bool:
     return True
 
 
+def marked_pid(value: bytes | None) -> int | None:
+    """The pid an owner mark names (for ``credsync doctor``), or None."""
+    if value is None:
+        return None
+    parts = value.decode(errors="replace").rsplit(" ", 2)
+    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
+
+
 def held_by_live_credsync(path: Path) -> bool:
     """The lock carries the mark of a credsync process on this host that is alive (possibly
     this one): the agent's guard, or the process that shares the refresh lock with the caller."""

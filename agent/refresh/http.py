@@ -259,3 +259,60 @@ class Backoff:
         if retry_after_s is None or retry_after_s <= 0:
             return jittered
         return max(jittered, min(retry_after_s, self.max_retry_after_s))
+
+
+# --- reachability, for `credsync doctor` ---------------------------------------------------------
+
+PROBE_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class EndpointAnswer:
+    """What a bare request to the token endpoint showed: no token, no body was sent."""
+
+    reachable: bool
+    tls: bool  # https, and the certificate and host name verified
+    status_code: int | None = None
+    server_date: float | None = None  # the answer's Date header (a clock check)
+    detail: str = ""
+
+
+class EndpointProbe:
+    """``HEAD <token_url>``: TLS handshake, certificate and host name checked exactly as the
+    refresher's client checks them (same httpx defaults, so ``SSL_CERT_FILE`` counts alike).
+    Any HTTP answer, 405 included, means the endpoint is reachable: nothing is sent to it that
+    could be a grant."""
+
+    def __init__(self, timeout_s: float = PROBE_TIMEOUT_S,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.timeout_s = timeout_s
+        self._transport = transport
+
+    def check(self, url: str) -> EndpointAnswer:
+        tls = url.lower().startswith("https://")
+        try:
+            with httpx.Client(transport=self._transport, timeout=self.timeout_s,
+                              follow_redirects=False) as client:
+                response = client.request("HEAD", url)
+        except httpx.TimeoutException:
+            return EndpointAnswer(False, False, detail=f"no answer within {self.timeout_s:g} s")
+        except httpx.HTTPError as exc:
+            return EndpointAnswer(False, False, detail=_probe_error(exc))
+        return EndpointAnswer(True, tls, response.status_code,
+                              _http_date(response.headers.get("date")))
+
+
+def _probe_error(exc: httpx.HTTPError) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate" in text.lower():
+        return f"the TLS certificate was refused ({text[:160]})"
+    return f"{type(exc).__name__}: {text[:160]}"
+
+
+def _http_date(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
