@@ -1,6 +1,8 @@
 """Several machines sharing one login through a real redis-server: each a HOME of its own with
 a real ``credsync run`` process, against the simulated OAuth server (rotation, family
-revocation). Used by tests/test_cluster_machines.py and the cluster benchmark."""
+revocation). Used by tests/test_cluster_machines.py. A machine's environment and its
+``[cluster]`` table come from ``agent.bench.machines``, which the cluster benchmark's machines
+are built with too (the benchmark imports nothing from the tests)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.bench.machines import cluster_toml, machine_env
 from agent.credential import Credential, parse_document
 from agent.ledger import scope_dir
 from agent.sim.server import OAuthServer
@@ -37,11 +40,7 @@ class Machine:
 
     @property
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("CREDSYNC_", "DBUS_", "CLAUDE_"))}
-        env.update(HOME=str(self.home), XDG_CONFIG_HOME=str(self.home / ".config"),
-                   XDG_STATE_HOME=str(self.home / ".local/state"),
-                   XDG_CACHE_HOME=str(self.home / ".cache"))
+        env = machine_env(self.home)
         if self.skew_s:
             # libfaketime: this machine's wall clock is off; its monotonic clock is not.
             env["FAKETIME_DONT_FAKE_MONOTONIC"] = "1"
@@ -141,8 +140,7 @@ class World:
                               keychain=False, refresh=refresh,
                               notify=notify or {"desktop": False})
         with config.open("a") as f:
-            f.write("\n[cluster]\n" + "".join(f"{k} = {json.dumps(v)}\n"
-                                              for k, v in {**CLUSTER, **(cluster or {})}.items()))
+            f.write(cluster_toml({**CLUSTER, **(cluster or {})}))
         machine = Machine(name, home, config, skew_s)
         self.machines.append(machine)
         self.urls[name] = url or self.redis.url

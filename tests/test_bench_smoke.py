@@ -1,5 +1,6 @@
-"""The benchmarks of propagation, idle cost and start-up still run (a few iterations; the figures
-mean nothing here), print their table and write their JSON. They are not tests of speed."""
+"""The benchmarks of propagation, idle cost, start-up and the cluster still run (a few
+iterations; the figures mean nothing here), print their table and write their JSON. They are
+not tests of speed."""
 
 from __future__ import annotations
 
@@ -51,6 +52,28 @@ def test_propagation_idle_and_startup_print_figures_and_write_json(tmp_path: Pat
     for row in (r for res in doc["results"] for r in res["rows"]):
         assert any(row["bench"] in line and row["value"] in line
                    for line in out.stdout.splitlines()), row
+
+
+def test_cluster_case_prints_figures_and_writes_json(tmp_path: Path) -> None:
+    out_file = tmp_path / "bench.json"
+    out = subprocess.run(
+        [sys.executable, "-m", "agent.bench", "--smoke", "--only", "cluster",
+         "--json", str(out_file)],
+        cwd=REPO, env=kit.child_env(), capture_output=True, text=True, timeout=90)
+    assert out.returncode in (0, 1), out.stderr[-2000:]
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
+    (result,) = json.loads(out_file.read_text())["results"]
+    assert result["bench"] == "cluster"
+    assert not [r for r in result["rows"] if r["figure"] == "failed"], result["rows"]
+    prop, idle = result["data"]["propagation"], result["data"]["idle"]
+    assert prop["agent"]["n"] == prop["floor"]["n"] == result["data"]["config"]["publishes"]
+    assert prop["agent"]["median_ms"] > 0 and prop["floor"]["median_ms"] > 0
+    assert prop["a_to_redis"]["n"] == prop["agent"]["n"] and prop["blob_bytes"] > 0
+    assert set(prop["per_machine"]) == {"b", "c"}
+    assert idle["member"]["rss_mb"] > 0 and idle["no_cluster"]["rss_mb"] > 0
+    assert any(r["goal"] == "p99 <= 1000 ms" for r in result["rows"])
+    for row in result["rows"]:
+        assert any(row["value"] in line for line in out.stdout.splitlines()), row
 
 
 def test_percentiles_and_the_table() -> None:

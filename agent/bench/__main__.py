@@ -1,8 +1,9 @@
 """Every benchmark in one run: ``python -m agent.bench [--quick] [--json FILE] [--only a,b]``.
 
-In the issue's order: propagation, sessions, contention, idle, start-up. Each compares itself
-against a baseline measured in the same run; this prints one table of every figure and goal and
-writes the same figures, and each benchmark's raw data, to one JSON file
+In the issue's order: propagation, sessions, contention, idle, start-up; then the cluster
+(issue 14: propagation across three machines through Redis, the idle cost of membership). Each
+compares itself against a baseline measured in the same run; this prints one table of every
+figure and goal and writes the same figures, and each benchmark's raw data, to one JSON file
 (default ``bench-results.json``). ``--quick`` takes a few minutes instead of about fifteen;
 ``--smoke`` is for the tests (a few iterations: the figures mean nothing). The exit status is 1
 when any goal was missed. Linux only (gnome-keyring, /proc).
@@ -22,10 +23,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.bench import idle, kit, propagation, startup
+from agent.bench import cluster, idle, kit, propagation, startup
 
 DEFAULT_JSON = Path("bench-results.json")
-ORDER = ("propagation", "sessions", "contention", "idle", "startup")
+ORDER = ("propagation", "sessions", "contention", "idle", "startup", "cluster")
 # The other benchmarks run through their own main(): these are their arguments per mode.
 EXTERNAL_ARGS: dict[str, dict[str, list[str]]] = {
     "sessions": {"full": [], "quick": ["--lifetimes", "20", "--lifetime-s", "1.5"],
@@ -44,6 +45,10 @@ def _ours(name: str, mode: str) -> kit.Result:
     if name == "idle":
         return idle.run({"full": idle.IdleConfig(), "quick": idle.IdleConfig.quick(),
                          "smoke": idle.IdleConfig.smoke()}[mode])
+    if name == "cluster":
+        return cluster.run({"full": cluster.ClusterConfig(),
+                            "quick": cluster.ClusterConfig.quick(),
+                            "smoke": cluster.ClusterConfig.smoke()}[mode])
     return startup.run({"full": startup.StartupConfig(), "quick": startup.StartupConfig.quick(),
                         "smoke": startup.StartupConfig.smoke()}[mode])
 

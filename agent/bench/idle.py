@@ -48,13 +48,26 @@ class IdleConfig:
         return cls(seconds=1.0, settle_s=0.2)
 
 
-def _delta(before: kit.ProcSample, after: kit.ProcSample, seconds: float) -> dict[str, Any]:
+def idle_figures(before: kit.ProcSample, after: kit.ProcSample, seconds: float
+                 ) -> dict[str, Any]:
+    """What a process cost between two samples ``seconds`` apart, scaled to one minute."""
     per_min = 60.0 / seconds
-    return {"seconds": seconds,
+    return {"seconds": round(seconds, 3),
             "cpu_s_per_min": round((after.cpu_s - before.cpu_s) * per_min, 4),
             "cpu_s_per_min_schedstat": round((after.cpu_ns - before.cpu_ns) / 1e9 * per_min, 4),
             "wakeups_per_min": round((after.wakeups - before.wakeups) * per_min, 1),
             "rss_mb": round(after.rss_kb / 1024, 1), "threads": after.threads}
+
+
+def measure_idle(pids: Sequence[int], seconds: float) -> list[dict[str, Any]]:
+    """Each process's ``idle_figures`` over one same window of ``seconds`` (measured: the
+    window is the time between the two rounds of samples)."""
+    before = [kit.proc_sample(pid) for pid in pids]
+    start = time.monotonic()
+    time.sleep(seconds)
+    after = [kit.proc_sample(pid) for pid in pids]
+    took = time.monotonic() - start
+    return [idle_figures(b, a, took) for b, a in zip(before, after, strict=True)]
 
 
 def measure_agent(cfg: IdleConfig) -> dict[str, Any]:
@@ -78,11 +91,8 @@ def measure_agent(cfg: IdleConfig) -> dict[str, Any]:
                 kit.wait_until(lambda: not world.behind(cred, world.dirs[0], keychain),
                                kit.START_DEADLINE_S, "the first sync", 0.05)
                 time.sleep(cfg.settle_s)
-                before = kit.proc_sample(agent.pid)
                 rounds_before = int(agent.stats().get("rounds", 0))
-                time.sleep(cfg.seconds)
-                after = kit.proc_sample(agent.pid)
-                out = _delta(before, after, cfg.seconds)
+                out = measure_idle([agent.pid], cfg.seconds)[0]
                 out["rounds"] = int(agent.stats().get("rounds", 0)) - rounds_before
             finally:
                 agent.stop()
@@ -97,13 +107,10 @@ def measure_baseline(seconds: float, settle_s: float) -> dict[str, Any]:
                             env=kit.child_env())
     try:
         time.sleep(settle_s)
-        before = kit.proc_sample(proc.pid)
-        time.sleep(seconds)
-        after = kit.proc_sample(proc.pid)
+        return measure_idle([proc.pid], seconds)[0]
     finally:
         proc.kill()
         proc.wait(timeout=10)
-    return _delta(before, after, seconds)
 
 
 def run(cfg: IdleConfig | None = None) -> kit.Result:
