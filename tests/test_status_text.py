@@ -196,8 +196,8 @@ def test_a_new_section_is_one_more_entry() -> None:
 
 def test_sections_other_parts_add_are_plain_words() -> None:
     status = healthy()
-    status.extra["cluster"] = {"members": 3, "leader": True, "note": "", "lag_s": 0.5}
-    assert _screen(status)[-1] == "cluster     members 3, leader yes, lag_s 0.5"
+    status.extra["example"] = {"members": 3, "leader": True, "note": "", "lag_s": 0.5}
+    assert _screen(status)[-1] == "example     members 3, leader yes, lag_s 0.5"
 
 
 @pytest.mark.parametrize(("seconds", "words"), [
@@ -264,3 +264,47 @@ def test_status_of_a_config_dir_named_with_a_newline_keeps_one_row_per_store(
     stores = lines[header + 1:lines.index("", header)]
     assert len(stores) == len(data["stores"]) == 2, out.stdout
     assert any("odd\\n  keychain  in-sync" in line for line in stores)
+
+
+def _cluster(state: str = "online", **more: object) -> dict[str, object]:
+    return {"state": state, "offline_since": None, "reason": "",
+            "member": {"name": "laptop", "member_id": "aaaaaaaaaaaa"},
+            "redis": "rediss://cs@redis.example.com:6380/0", "login_id": "0123456789abcdef",
+            "generation": {"gen": 7, "version": 9, "fingerprint": FP, "by": "bbbbbbbbbbbb"},
+            "offset_s": -0.2, "last_propagation_ms": 3.4, "last_heartbeat_at": iso(NOW - 12),
+            "members": [
+                {"name": "laptop", "member_id": "aaaaaaaaaaaa", "seen_at": iso(NOW - 12),
+                 "offset_s": -0.2, "gen": 7, "propagation_ms": 3.4},
+                {"name": "devbox", "member_id": "bbbbbbbbbbbb", "seen_at": iso(NOW - 3),
+                 "offset_s": 31.0, "gen": 7, "propagation_ms": None}], **more}
+
+
+CLUSTER_ONLINE = f"""\
+cluster     online, Redis rediss://cs@redis.example.com:6380/0
+machine     laptop (aaaaaaaaaaaa), clock -0.2 s off Redis
+generation  7 ({FP}, from devbox (bbbbbbbbbbbb))
+propagation 3.4 ms (the last login another machine published)
+members:
+  laptop (aaaaaaaaaaaa)  seen 12 s ago  clock -0.2 s off Redis   gen 7
+  devbox (bbbbbbbbbbbb)  seen 3 s ago   clock +31.0 s off Redis  gen 7"""
+
+
+def test_a_cluster_member_online() -> None:
+    status = healthy()
+    status.extra["cluster"] = _cluster()
+    text = render_text(status)
+    assert text == HEALTHY + "\n\n" + CLUSTER_ONLINE
+    assert "next step" not in text
+
+
+def test_a_cluster_member_offline_says_since_when_and_what_to_do() -> None:
+    status = healthy()
+    status.extra["cluster"] = _cluster("offline", offline_since=iso(NOW - 7 * 60),
+                                       reason="cannot reach Redis at rediss://cs@redis..")
+    screen = _screen(status)
+    line = next(x for x in screen if x.startswith("cluster "))
+    assert line == (f"cluster     offline since {iso(NOW - 7 * 60)} (7 min ago: cannot reach "
+                    "Redis at rediss://cs@redis..), Redis rediss://cs@redis.example.com:6380/0")
+    assert _steps(status) == [
+        "next step: the cluster's Redis cannot be reached, so no machine refreshes (sessions "
+        "keep their token): check that Redis runs and `credsync cluster status`"]

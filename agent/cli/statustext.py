@@ -290,7 +290,7 @@ def mcp_steps(status: Status) -> list[str]:
 
 # --- sections added by other parts, shown generically until they get their own -----------------
 
-_KNOWN_EXTRA = frozenset({"refresh", "login_item", "alert", "login"})
+_KNOWN_EXTRA = frozenset({"refresh", "login_item", "alert", "login", "cluster"})
 
 
 def _plain(value: object) -> str:
@@ -314,10 +314,73 @@ def extra_lines(status: Status) -> list[str]:
     return lines
 
 
+# --- the cluster (several machines sharing the login) -----------------------------------------
+
+def cluster_lines(status: Status) -> list[str]:
+    cluster = _dict(status, "cluster")
+    if cluster is None:
+        return []
+    now = status.now
+    state = clean(cluster.get("state", ""))
+    if state == "offline":
+        since = from_iso(cluster.get("offline_since"))
+        state = (f"offline since {clean(cluster.get('offline_since'))} ({when(since, now)}: "
+                 f"{clean(cluster.get('reason', ''))})")
+    me = cluster.get("member") or {}
+    rows = [("cluster", f"{state}, Redis {clean(cluster.get('redis', ''))}"),
+            ("machine", f"{clean(me.get('name', ''))} ({clean(me.get('member_id', ''))})"
+             + _offset(cluster.get("offset_s")))]
+    gen = cluster.get("generation")
+    if isinstance(gen, dict):
+        rows.append(("generation", f"{clean(gen.get('gen'))} ({clean(gen.get('fingerprint'))}, "
+                                   f"from {clean(_name(cluster, gen.get('by')))})"))
+    if isinstance(cluster.get("last_propagation_ms"), (int, float)):
+        rows.append(("propagation", f"{cluster['last_propagation_ms']:.1f} ms (the last login "
+                                    "another machine published)"))
+    lines = [f"{label:<{LABEL_WIDTH}} {value}" for label, value in rows]
+    members = [m for m in cluster.get("members") or [] if isinstance(m, dict)]
+    if members:
+        lines.append("members:")
+        lines += aligned([[f"{clean(m.get('name'))} ({clean(m.get('member_id'))})",
+                           f"seen {when(from_iso(m.get('seen_at')), now)}",
+                           _offset(m.get("offset_s")).strip(" ,") or "-",
+                           f"gen {_count(m.get('gen'))}"] for m in members], "  ")
+    return lines
+
+
+def _offset(value: object) -> str:
+    return f", clock {value:+.1f} s off Redis" if isinstance(value, (int, float)) else ""
+
+
+def _count(value: object) -> str:
+    return f"{int(value)}" if isinstance(value, (int, float)) else "-"
+
+
+def _name(cluster: dict[str, Any], member_id: object) -> str:
+    for m in cluster.get("members") or []:
+        if isinstance(m, dict) and m.get("member_id") == member_id:
+            return f"{m.get('name')} ({member_id})"
+    return str(member_id)
+
+
+def cluster_steps(status: Status) -> list[str]:
+    cluster = _dict(status, "cluster")
+    if cluster is None:
+        return []
+    if cluster.get("state") == "offline":
+        return ["the cluster's Redis cannot be reached, so no machine refreshes (sessions "
+                "keep their token): check that Redis runs and `credsync cluster status`"]
+    if cluster.get("state") == "not reached":
+        return ["the agent has not reached the cluster yet: start it (`credsync run`) and "
+                "check `credsync cluster status`"]
+    return []
+
+
 SECTIONS: list[TextSection] = [
     TextSection(summary_lines, summary_steps),
     TextSection(store_lines, store_steps),
     TextSection(mcp_lines, mcp_steps),
+    TextSection(cluster_lines, cluster_steps),
     TextSection(extra_lines),
 ]
 

@@ -591,52 +591,54 @@ def _hm(ts: float) -> str:
 
 
 def status_of(scope_dir: Path, now: float) -> dict[str, Any] | None:
-    """The cluster part of ``credsync status``, from what the agent last saved (no Redis
-    call, no token: fingerprints only). None when this login is in no cluster."""
+    """The cluster part of ``credsync status`` (``extra.cluster``), from what the agent last
+    saved (no Redis call; fingerprints only). None when this login is in no cluster.
+
+    ``{"state": "online" | "offline" | "not reached", "offline_since": ISO | null,
+    "reason": str, "member": {"name", "member_id"}, "redis": URL, "login_id": str,
+    "generation": {"gen", "version", "fingerprint", "by"} | null, "offset_s": float | null,
+    "last_propagation_ms": float | null, "last_heartbeat_at": ISO | null,
+    "members": [{"name", "member_id", "seen_at": ISO, "offset_s", "gen",
+    "propagation_ms"}]}``
+    """
     from agent.cluster.membership import MembershipFile
 
     try:
         member = MembershipFile(scope_dir).load()
-    except ClusterError:
-        return {"state": "the membership file cannot be read: run credsync cluster status"}
+    except ClusterError as exc:
+        return {"state": "unreadable", "reason": str(exc)}
     if member is None:
         return None
     live = load_live(scope_dir)
-    down = live.get("down_since")
-    if isinstance(down, (int, float)):
-        state = f"offline since {_iso(down)} ({live.get('down_reason') or 'unreachable'})"
-    elif live.get("heartbeat_at") is None:
-        state = "not yet reached (is the agent running?)"
-    else:
-        state = "online"
-    out: dict[str, Any] = {"state": state, "member": f"{member.name} ({member.member_id})",
-                           "redis": member.redis_url, "login_id": member.login_id}
+    down, beat = _number(live.get("down_since")), _number(live.get("heartbeat_at"))
+    state = "offline" if down is not None else "not reached" if beat is None else "online"
     held = live.get("held")
-    if isinstance(held, dict):
-        out["generation"] = f"{held.get('gen')} ({held.get('fingerprint')}, by " \
-                            f"{held.get('by')})"
-    for key in ("offset_s", "last_propagation_ms"):
-        if isinstance(live.get(key), (int, float)):
-            out[key] = live[key]
-    beat = live.get("heartbeat_at")
-    if isinstance(beat, (int, float)):
-        out["last_heartbeat_s_ago"] = round(now - beat, 1)
     members = live.get("members")
-    if isinstance(members, list):
-        out["members"] = [_member_line(m, now) for m in members if isinstance(m, dict)]
-    return out
+    return {
+        "state": state, "offline_since": _iso(down) if down is not None else None,
+        "reason": str(live.get("down_reason") or ""),
+        "member": {"name": member.name, "member_id": member.member_id},
+        "redis": member.redis_url, "login_id": member.login_id,
+        "generation": held if isinstance(held, dict) else None,
+        "offset_s": _number(live.get("offset_s")),
+        "last_propagation_ms": _number(live.get("last_propagation_ms")),
+        "last_heartbeat_at": _iso(beat) if beat is not None else None,
+        "members": [_member_json(m) for m in members if isinstance(m, dict)]
+        if isinstance(members, list) else [],
+    }
 
 
-def _member_line(m: dict[str, Any], now: float) -> str:
-    seen = m.get("seen_ms")
-    ago = f"seen {max(0.0, now - float(seen) / 1000):.0f} s ago" \
-        if isinstance(seen, (int, float)) else "never seen"
-    offset = m.get("offset_s")
-    skew = f"clock offset {float(offset):+.1f} s" if isinstance(offset, (int, float)) else ""
-    prop = m.get("propagation_ms")
-    last = f"last propagation {float(prop):.1f} ms" if isinstance(prop, (int, float)) else ""
-    parts = [ago, skew, f"gen {m.get('gen', 0)}", last]
-    return f"{m.get('name')} ({m.get('member_id')}): " + ", ".join(p for p in parts if p)
+def _member_json(m: dict[str, Any]) -> dict[str, Any]:
+    seen = _number(m.get("seen_ms"))
+    return {"name": str(m.get("name", "")), "member_id": str(m.get("member_id", "")),
+            "seen_at": _iso(seen / 1000) if seen is not None else None,
+            "offset_s": _number(m.get("offset_s")), "gen": _number(m.get("gen")),
+            "propagation_ms": _number(m.get("propagation_ms"))}
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        else None
 
 
 def _iso(ts: float) -> str:
