@@ -230,8 +230,11 @@ def test_redis_is_imported_by_one_module_only() -> None:
     import sys
 
     root = Path(__file__).resolve().parents[1] / "agent"
+    # The benchmark's floor is a bare redis-py loop on purpose: it is what the agent's path
+    # is measured against, so it must not go through the agent's own module.
     importers = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
-                       if re.search(r"^\s*(import redis|from redis)", p.read_text(), re.M))
+                       if re.search(r"^\s*(import redis|from redis)", p.read_text(), re.M)
+                       and p.relative_to(root).parts[0] != "bench")
     assert importers == ["cluster/redisio.py"]
     out = subprocess.run([sys.executable, "-c", "import agent.cluster, sys; "
                           "print('redis' in sys.modules)"], capture_output=True, text=True,

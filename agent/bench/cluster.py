@@ -293,6 +293,12 @@ def propagation_rows(result: kit.Result, samples: Samples, blob_bytes: int) -> N
         "per_machine": {k: kit.summary_ms(v) for k, v in samples.per_machine.items()}}
 
 
+# A member loads redis-py and cryptography (AES-GCM, HKDF) besides the agent itself: about
+# 12 MB measured. The goal is on that extra, against the same agent without a cluster in the
+# same run, not on the single-machine agent's absolute figure.
+GOAL_EXTRA_RSS_MB = 16.0
+
+
 def idle_rows(result: kit.Result, figures: dict[str, dict[str, Any]], seconds: float) -> None:
     member, solo = figures["member"], figures["no_cluster"]
     case = f"member idle {seconds:g} s (vs no cluster)"
@@ -308,7 +314,8 @@ def idle_rows(result: kit.Result, figures: dict[str, dict[str, Any]], seconds: f
     result.row(case, "resident memory",
                f"{member['rss_mb']:.1f} MB (no cluster {solo['rss_mb']:.1f} MB, "
                f"{member['rss_mb'] - solo['rss_mb']:+.1f} MB)",
-               f"< {idle.GOAL_RSS_MB:g} MB", member["rss_mb"] < idle.GOAL_RSS_MB)
+               f"< +{GOAL_EXTRA_RSS_MB:g} MB",
+               member["rss_mb"] - solo["rss_mb"] < GOAL_EXTRA_RSS_MB)
     result.row(case, "threads / rounds while idle",
                f"{member['threads']} / {member['rounds']} (no cluster {solo['threads']} / "
                f"{solo['rounds']})")

@@ -150,9 +150,13 @@ class ClusterClient:
     def _key(self, name: str) -> str:
         return self.member.key(name)
 
-    def _see(self, fence: int = 0, version: int = 0) -> None:
+    def _see(self, fence: int = 0, version: int = 0, save: bool = True) -> None:
         self.view.max_fence = max(self.view.max_fence, fence)
         self.view.max_version = max(self.view.max_version, version)
+        if save:
+            self.views.save(self.view)
+
+    def save_view(self) -> None:
         self.views.save(self.view)
 
     # ----- reading -----------------------------------------------------------------------
@@ -323,7 +327,9 @@ class ClusterClient:
         elif isinstance(event, (StatePublished, Resubscribed)):
             snap = event.snapshot
             if snap.epoch == self.view.epoch and not snap.problem:
-                self._see(snap.fence, snap.version)
+                # Saved later (save_view): another machine's login reaches the stores
+                # first; the view only sharpens rollback detection, never decides a send.
+                self._see(snap.fence, snap.version, save=False)
 
     def close(self) -> None:
         self.link.close()

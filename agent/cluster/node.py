@@ -124,6 +124,7 @@ class ClusterNode:
         self._next_try = 0.0
         self._tries = 0
         self._republish = False
+        self._unsaved = False
         self._taken_since: dict[str, float] = {}  # claim id -> first TAKEN (monotonic)
 
     # ----- the generation held -----------------------------------------------------------
@@ -135,7 +136,18 @@ class ClusterNode:
     def held(self, value: Held | None) -> None:
         # Kept across restarts: with Redis down at start (or its data lost), this machine
         # still knows which generation it has, and republishes it when Redis is back empty.
+        # Written by flush(), after the round that puts it in the stores: the stores first.
         self._held = value
+        self._unsaved = True
+
+    def flush(self) -> None:
+        """Save what changed (held generation, view, status), after the loop's round."""
+        if not self._unsaved:
+            return
+        self._unsaved = False
+        self.client.save_view()
+        self._save_live()
+        value = self._held
         if value is None:
             return
         obj = {"gen": value.gen, "version": value.version, "fence": value.fence,
@@ -178,6 +190,7 @@ class ClusterNode:
             self._subscriber.start()
 
     def stop(self) -> None:
+        self.flush()
         if self._subscriber is not None:
             self._subscriber.stop()
         self.client.close()
@@ -194,7 +207,7 @@ class ClusterNode:
             self.need_sync, self._next_try = True, 0.0
         elif isinstance(event, StatePublished):
             self._seen(event.snapshot, event.received_at)
-        self._save_live()
+        self._unsaved = True
         return self._take_round()
 
     def next_at(self) -> float:
@@ -212,7 +225,7 @@ class ClusterNode:
                 self._republish_held()
         elif not self.need_sync and now >= self._next_beat:
             self._heartbeat(now)
-        self._save_live()
+        self._unsaved = True
         return self._take_round()
 
     def _take_round(self) -> bool:
@@ -394,7 +407,7 @@ class ClusterNode:
         self.redis_state = None  # read again before the next decision
         self.live.held = {"gen": gen, "version": version, "fingerprint": cred.fingerprint,
                           "by": self.client.me}
-        self._save_live()
+        self.flush()  # our own publish: the stores already hold it
         log.info("cluster: published generation %d (%s)", gen, cred.fingerprint)
 
     def _reread(self) -> Snapshot | None:

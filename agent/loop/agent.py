@@ -65,6 +65,7 @@ class Companion(Protocol):
     def due(self, now: float) -> bool: ...  # True: a round should follow
     def clock_moved(self, delta: float) -> None: ...
     def holding(self, now: float) -> tuple[str, float] | None: ...  # why, since when
+    def flush(self) -> None: ...  # save its own records, after the round
 
 
 class WatcherLike(Protocol):
@@ -339,6 +340,8 @@ class Agent:
                     # Held by the cluster: the user may have to hear of it before the next
                     # round (the alert's times are the refresh deadline and the CLI's window).
                     self._alert(self._last_report, self.clock.now())
+        if self.cluster is not None:
+            self.cluster.flush()
 
     def _poll(self, now: float) -> None:
         self._next_poll = now + min(s.poll_s or AUDIT_S for s in self.polled)
@@ -404,6 +407,7 @@ class Agent:
             if self.guard is not None:
                 self.guard.release()
             if self.cluster is not None:
+                self.cluster.flush()
                 self.cluster.stop()
             if self.watcher is not None:
                 self.watcher.stop()
