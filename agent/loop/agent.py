@@ -107,6 +107,9 @@ class Agent:
         self.alerting = alerting
         self.guard = guard
         self.cluster = cluster
+        # Where an event read while a refresh waits goes: this agent alone, or, when several
+        # providers share one loop (agent.loop.lanes), every one of them.
+        self.dispatch: Callable[[object], None] = self.handle
         self.config_dirs = {s.name: str(s.config_dir) for s in self.stores
                             if s.config_dir is not None}
         self.rounds = 0
@@ -372,7 +375,7 @@ class Agent:
             event = self.events.get(timeout=seconds) if seconds > 0 else self.events.get_nowait()
         except queue.Empty:
             return self.stopping is not None
-        self.handle(event)
+        self.dispatch(event)
         return self.stopping is not None
 
     def step(self, timeout: float | None = None) -> None:
@@ -393,23 +396,33 @@ class Agent:
         if self.stopping is None:
             self.due_work()
 
+    def begin(self) -> None:
+        """What a run does first: the cluster, clean-up after a killed predecessor, a round."""
+        if self.cluster is not None:
+            self.cluster.start()
+        self.recover()
+        self.reconcile()
+
+    def end(self) -> None:
+        """What a run does last, whatever happened: locks freed, records saved."""
+        if self.guard is not None:
+            self.guard.release()
+        if self.cluster is not None:
+            self.cluster.flush()
+            self.cluster.stop()
+        self.save({"stopped_at": self.clock.now()})
+
     def run(self) -> str:
         if self.watcher is not None:
             self.watcher.start()
         try:
-            if self.cluster is not None:
-                self.cluster.start()
-            self.recover()
-            self.reconcile()
+            self.begin()
             while self.stopping is None:
                 self.step()
         finally:
-            if self.guard is not None:
-                self.guard.release()
-            if self.cluster is not None:
-                self.cluster.flush()
-                self.cluster.stop()
-            if self.watcher is not None:
-                self.watcher.stop()
-            self.save({"stopped_at": self.clock.now()})
+            try:
+                self.end()
+            finally:
+                if self.watcher is not None:
+                    self.watcher.stop()
         return self.stopping or "stopped"

@@ -17,7 +17,7 @@ from agent.config import NotifySection
 from agent.errors import StoreError
 from agent.fsutil import atomic_write, read_bytes
 from agent.ledger import ALERTS_FILE, MAX_STATE_BYTES, Ledger
-from agent.notify.alerts import Alert, AlertPolicy, AuthObservation, Notice
+from agent.notify.alerts import CLAUDE, Alert, AlertPolicy, AuthObservation, Notice, Product
 from agent.winner import Verdict
 
 log = logging.getLogger("credsync.alerting")
@@ -44,12 +44,12 @@ def observation(verdict: Verdict, config_dirs: Mapping[str, str], now: float) ->
 
 class Alerting:
     def __init__(self, settings: NotifySection, notifier: NotifierLike, state: Ledger,
-                 clock: Clock) -> None:
+                 clock: Clock, product: Product = CLAUDE) -> None:
         self.notifier = notifier
         self.state = state
         text = _saved_text(state)
-        self.policy = (AlertPolicy.from_json(text, settings, clock) if text
-                       else AlertPolicy(settings, clock))
+        self.policy = (AlertPolicy.from_json(text, settings, clock, product) if text
+                       else AlertPolicy(settings, clock, product))
         self._saved = self.policy.to_json()
         self.sent: list[Notice] = []
 

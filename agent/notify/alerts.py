@@ -57,6 +57,20 @@ STATE_VERSION = 1
 MAX_REMEMBERED_LOGINS = 64
 MAX_REASON_CHARS = 200
 FIX = "run `claude auth login` (or start `claude` and type /login, in any session)"
+
+
+@dataclass(frozen=True)
+class Product:
+    """Whose login the notices are about: the names and the fix they give."""
+
+    name: str  # "Claude Code"
+    login: str  # "Claude login"
+    command: str  # the one command that logs in again
+    fix: str  # the sentence that says how
+
+
+CLAUDE = Product("Claude Code", "Claude login", "claude auth login", FIX)
+CODEX = Product("Codex", "Codex login", "codex login", "run `codex login` (in any terminal)")
 CLI_WINDOW_S = 300.0  # the CLI refreshes when less than this is left
 CRITICAL_LEAD_S = 1800.0  # the critical cluster notice comes this long before that window
 
@@ -129,9 +143,11 @@ class _Episode:
 
 
 class AlertPolicy:
-    def __init__(self, settings: NotifySection, clock: Clock) -> None:
+    def __init__(self, settings: NotifySection, clock: Clock,
+                 product: Product = CLAUDE) -> None:
         self._settings = settings
         self._clock = clock
+        self.product = product
         self._episode: _Episode | None = None
         self._alerted: list[str] = []  # fingerprints the user was told about, oldest first
         self._last_relogin_notice_at: float | None = None
@@ -151,7 +167,7 @@ class AlertPolicy:
         ep = self._episode
         if ep is None:
             return None
-        title, body = _relogin_text(ep, self._clock.now(), reminder=False)
+        title, body = _relogin_text(ep, self._clock.now(), self.product, reminder=False)
         return Alert("relogin-required", title, body, "critical", ep.since, tuple(ep.dirs),
                      tuple(ep.fingerprints), self._last_relogin_notice_at)
 
@@ -208,7 +224,7 @@ class AlertPolicy:
     def _notice(self, ep: _Episode, now: float, *, reminder: bool) -> Notice:
         ep.notified = True
         self._last_relogin_notice_at = now
-        title, body = _relogin_text(ep, now, reminder=reminder)
+        title, body = _relogin_text(ep, now, self.product, reminder=reminder)
         event: Event = "relogin-reminder" if reminder else "relogin-required"
         return Notice(event, title, body, "critical", tuple(ep.dirs), now)
 
@@ -225,8 +241,8 @@ class AlertPolicy:
         log.info("re-login alert cleared: a new valid login is in place")
         if not (ep.notified and self._settings.notify_on_restore):
             return []
-        title = "Claude Code sessions restored"
-        body = (f"A new Claude login is in place; credsync keeps it in step across "
+        title = f"{self.product.name} sessions restored"
+        body = (f"A new {self.product.login} is in place; credsync keeps it in step across "
                 f"{_dirs_text(ep.dirs)}. Nothing more to do. "
                 f"(A new login had been needed since {_when(ep.since)}.)")
         return [Notice("restored", title, body, "normal", tuple(ep.dirs), now)]
@@ -241,9 +257,11 @@ class AlertPolicy:
             return []
         self._warned_at = now
         left = _duration(ends - now)
-        title = f"Claude Code login ends in {left}: renew it with claude auth login"
-        body = (f"The Claude login used by {_dirs_text(obs.affected_dirs)} cannot be renewed "
-                f"after {_when(ends)} (in {left}). To renew it before then, {FIX}.")
+        title = (f"{self.product.name} login ends in {left}: renew it with "
+                 f"{self.product.command}")
+        body = (f"The {self.product.login} used by {_dirs_text(obs.affected_dirs)} cannot be "
+                f"renewed after {_when(ends)} (in {left}). To renew it before then, "
+                f"{self.product.fix}.")
         return [Notice("refresh-token-expiring", title, body, "normal",
                        tuple(obs.affected_dirs), now)]
 
@@ -262,10 +280,10 @@ class AlertPolicy:
         self._held = (start, want)
         left = _duration(obs.expires_at - now)
         if want == 2:
-            title = f"Claude Code login expires in {left}: credsync cannot renew it"
+            title = f"{self.product.name} login expires in {left}: credsync cannot renew it"
             urgency: Urgency = "critical"
         else:
-            title = "credsync is not renewing the Claude login: the cluster is offline"
+            title = f"credsync is not renewing the {self.product.login}: the cluster is offline"
             urgency = "normal"
         body = (f"{_clean_reason(obs.held)}. Offline since {_when(start)}. The login expires "
                 f"at {_when(obs.expires_at)} (in {left}). Bring Redis back, or remove this "
@@ -286,15 +304,16 @@ class AlertPolicy:
         }, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str, settings: NotifySection, clock: Clock) -> AlertPolicy:
+    def from_json(cls, text: str, settings: NotifySection, clock: Clock,
+                  product: Product = CLAUDE) -> AlertPolicy:
         """Restore a saved policy; unreadable state starts afresh (at worst one repeat notice)."""
-        policy = cls(settings, clock)
+        policy = cls(settings, clock, product)
         try:
             policy._load(json.loads(text))
         except (ValueError, TypeError, KeyError, RecursionError) as exc:
             log.warning("alert state unreadable (%s); starting afresh, an alert may repeat once",
                         type(exc).__name__)
-            return cls(settings, clock)
+            return cls(settings, clock, product)
         return policy
 
     def _load(self, data: Any) -> None:
@@ -327,12 +346,14 @@ def _merge(ep: _Episode, obs: AuthObservation) -> None:
         ep.since = min(ep.since, obs.since)
 
 
-def _relogin_text(ep: _Episode, now: float, *, reminder: bool) -> tuple[str, str]:
-    title = "Claude Code needs a new login: run claude auth login"
+def _relogin_text(ep: _Episode, now: float, product: Product, *,
+                  reminder: bool) -> tuple[str, str]:
+    title = f"{product.name} needs a new login: run {product.command}"
     if reminder:
         title = "Reminder: " + title
     cause = ep.reason[:1].upper() + ep.reason[1:] if ep.reason else "The login was rejected"
-    body = (f"{cause}: credsync cannot renew the Claude login any more. To fix it, {FIX}; "
+    body = (f"{cause}: credsync cannot renew the {product.login} any more. To fix it, "
+            f"{product.fix}; "
             f"credsync then copies the new login everywhere.\n"
             f"Affected config dirs: {_dirs_text(ep.dirs)}.\n"
             f"Since {_when(ep.since)}" + (f" ({_duration(now - ep.since)} ago)."

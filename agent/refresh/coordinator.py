@@ -160,6 +160,7 @@ class Coordinator:
         lock_wait_s: float | None = None,
         cli_lock_wait_s: float = CLI_LOCK_WAIT_S,
         peers: Peers | None = None,
+        lifetime_of: Callable[[Credential], float | None] | None = None,
     ) -> None:
         self.section = section
         self.writer = writer
@@ -176,6 +177,9 @@ class Coordinator:
         self.cli_lock_wait_s = cli_lock_wait_s
         # Other machines sharing the login (agent.cluster); None on a single machine.
         self.peers = peers
+        # A login that says its own lifetime (Codex: the access token's exp - iat) is
+        # scheduled by it; otherwise by the last refresh's expires_in, else the nominal one.
+        self.lifetime_of = lifetime_of
         self._pause: Pause = no_pause
 
     @property
@@ -202,7 +206,8 @@ class Coordinator:
         return "ok"
 
     def deadline(self, cred: Credential) -> float:
-        lifetime, _ = self.schedule.lifetime(self.records.lifetime_s)
+        own = self.lifetime_of(cred) if self.lifetime_of is not None else None
+        lifetime, _ = self.schedule.lifetime(own or self.records.lifetime_s)
         return self.schedule.deadline(cred, lifetime, self.records.refreshed_at)
 
     # ----- locks -------------------------------------------------------------------------
