@@ -24,7 +24,7 @@ from tests.redisproc import TcpProxy, running
 
 pytestmark = pytest.mark.integration
 
-LIFETIME_S = 8.0  # a refresh every 6.4 s (80 %)
+LIFETIME_S = 6.0  # a refresh every 4.8 s (80 %)
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def test_three_machines_no_faults_one_request_per_rotation(world: World) -> None
     try:
         world.start()
         world.wait_live(10, "the login on a reaching b and c (which had none)")
-        world.run_for(14)
+        world.run_for(10)
         check_end(world, tap)
     finally:
         tap.close()
@@ -93,10 +93,10 @@ def test_redis_killed_and_restarted_empty_several_times(world: World) -> None:
     world.start()
     world.wait_live(10)
     for _ in range(3):
-        # 5 s apart: past the 3 s quarantine, so that claims happen between the losses
-        world.run_for(5)
+        # 4.5 s apart: past the 3 s quarantine, so that claims happen between the losses
+        world.run_for(4.5)
         world.redis.restart_empty()  # kill -9: every key gone, the epoch with it
-    world.run_for(10)
+    world.run_for(8)
     check_end(world)
     epochs = {m.view_epoch() for m in world.machines}
     assert len(epochs) == 1 and "" not in epochs  # every machine followed the new epochs
@@ -118,16 +118,16 @@ def test_a_machine_stopped_while_its_request_is_in_flight(world: World) -> None:
         if not stopped and (m := claimer(world)) is not None:
             stopped.append(m)
             m.pause()
-            threading.Timer(12.0, m.resume).start()
+            threading.Timer(10.0, m.resume).start()
 
     world.server.on_token_request = stop_the_sender
     wait_for(lambda: bool(stopped), 15, "a refresh to stop")
     requests = world.server.stats().token_requests
-    world.run_for(8)
+    world.run_for(6)
     # While the sender sleeps, nobody else sends: its claim is never taken over.
     assert world.server.stats().token_requests == requests
     world.server.on_token_request = None
-    world.run_for(10)
+    world.run_for(8)
     check_end(world)
     assert "published generation" in stopped[0].log()
 
@@ -154,10 +154,10 @@ def test_a_machine_stopped_in_flight_while_redis_loses_every_key(world: World) -
                          if m is not stopped[0]), 5, "the claim gossiped to the others")
     world.redis.restart_empty()  # the claim is gone from Redis; only gossip remembers it
     requests = world.server.stats().token_requests
-    world.run_for(8)  # past the token's expiry and the quarantine
+    world.run_for(7)  # past the token's expiry and the quarantine
     assert world.server.stats().token_requests == requests, world.logs()
     stopped[0].resume()
-    world.run_for(10)
+    world.run_for(8)
     check_end(world)
 
 
@@ -170,7 +170,7 @@ def test_clocks_skewed_by_tens_of_seconds(world: World, skews: tuple[float, floa
     world.login(a)
     world.start()
     world.wait_live(10)
-    world.run_for(16)
+    world.run_for(11)
     check_end(world)
     offsets = [m.offset_s() for m in world.machines]
     assert offsets[1] is not None and abs(offsets[1] + skews[0]) < 2, offsets
@@ -189,13 +189,13 @@ def test_one_machine_s_link_stalled_then_back_then_cut(world: World) -> None:
         world.wait_live(10)
         proxy.stall()
         wait_for(lambda: c.down_since() is not None, 5, "c to notice its link is down")
-        world.run_for(10)  # a and b rotate; c holds, sending nothing
+        world.run_for(8)  # a and b rotate; c holds, sending nothing
         assert not world.on_live_token([c])
         proxy.resume()
         took = world.wait_live(8, "c caught up after its link came back")
         assert took < 6
         proxy.cut()  # every connection closed at once: reconnected, nothing missed
-        world.run_for(8)
+        world.run_for(6)
         check_end(world)
     finally:
         proxy.close()
@@ -220,16 +220,16 @@ def test_redis_down_nobody_refreshes_and_status_says_since_when(world: World,
     wait_for(lambda: all(m.down_since() is not None for m in world.machines), 6,
              "both machines to see Redis gone")
     requests = world.server.stats().token_requests
-    world.run_for(10)  # past the refresh deadline and the expiry: still nothing sent
+    world.run_for(8)  # past the refresh deadline and the expiry: still nothing sent
     assert world.server.stats().token_requests == requests
     shown = credsync(["status", "--config", str(b.config)], env=b.env)
     assert "offline since" in shown.stdout, shown.stdout
-    # 8 s tokens: already inside the last half hour before the CLI's window, so the one
+    # 6 s tokens: already inside the last half hour before the CLI's window, so the one
     # notice is the critical one, and it is not repeated
     wait_for(lambda: notices.exists() and notices.read_text() != "", 5, "the notice")
     assert notices.read_text().splitlines() == ["cluster-offline critical"]
     world.redis.start()
-    world.run_for(12)
+    world.run_for(10)
     check_end(world, min_rotations=2)
 
 
