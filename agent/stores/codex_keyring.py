@@ -60,7 +60,7 @@ def codex_backend(backend: KeychainBackend) -> KeychainBackend:
     there is none."""
     if isinstance(backend, RustKeyringCapable):
         return backend.rust_keyring_items()
-    if isinstance(backend, (MemoryKeyring, UnavailableBackend)):
+    if type(backend) in (MemoryKeyring, UnavailableBackend):  # exact: a subclass may store anywhere
         return backend
     name = f"{type(backend).__module__}.{type(backend).__qualname__}"
     return UnavailableBackend(
