@@ -363,8 +363,8 @@ def test_codex_finds_the_item_credsync_writes(home: Path, real_keyring: RealKeyr
                                  env=real_keyring.env, capture_output=True, text=True,
                                  timeout=10, check=True)
         assert (listing.stdout + listing.stderr).count("label = ") == 1
-        assert store.read().valid is not None and \
-            store.read().valid.same_tokens(codex_cred(2))  # type: ignore[union-attr]
+        got = store.read().valid
+        assert got is not None and got.same_tokens(codex_cred(2))
     finally:
         store.close()
         kept.close()
