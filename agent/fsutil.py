@@ -61,14 +61,18 @@ def fsync_dir(path: Path) -> None:
 Signature = tuple[int, int, int]
 
 
-def atomic_write(path: Path, data: bytes, mode: int = PRIVATE_FILE) -> Signature:
+def atomic_write(path: Path, data: bytes, mode: int = PRIVATE_FILE, *,
+                 temp_prefix: str | None = None, temp_suffix: str = ".tmp") -> Signature:
     """Replace ``path`` with ``data`` so that readers see the old or the new file, never a part.
 
-    Returns the ``stat_signature`` of the file put in place, taken from the file itself: a
-    ``stat`` of the path afterwards could already see someone else's file."""
+    The temp file is ``temp_prefix`` + random + ``temp_suffix`` in the same directory
+    (default ``.<name>.XXXXXXXX.tmp``; another CLI's pattern, such as Codex's ``.auth-XXXXXX``,
+    when given). Returns the ``stat_signature`` of the file put in place, taken from the file
+    itself: a ``stat`` of the path afterwards could already see someone else's file."""
     target = write_target(path)
+    prefix = temp_prefix if temp_prefix is not None else f".{target.name}."
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=temp_suffix, dir=target.parent)
     except OSError as exc:  # a directory we may not write (or a full inode table): no temp
         raise StoreError(_write_error(target, exc)) from exc
     try:

@@ -5,7 +5,10 @@ an in-memory keyring, the keychain store on a real gnome-keyring (integration), 
 keyring's Secret Service backend and through credsync's kept-connection one, Claude Code's
 own macOS Keychain item through the ``security`` double (another writer seeds it as the CLI
 would: an item the CLI's ``security`` owns, readable by credsync), and the Windows store on
-the Credential Manager double (seeded as the CLI writes its item).
+the Credential Manager double (seeded as the CLI writes its item); and the Codex CLI's stores:
+its ``auth.json``, its keyring item on an in-memory keyring and on a real gnome-keyring (in
+keyring-rs's scheme), and the ``auto`` store on both. A Codex subject is written Codex logins
+(``Subject.cred``): a Claude credential is not one.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ from agent.sim.credman import CredmanDouble
 from agent.sim.security import SecurityDouble
 from agent.stores.base import Store
 from agent.stores.claude_file import ClaudeFileStore
+from agent.stores.codex_auto import CodexAutoStore
+from agent.stores.codex_file import CodexFileStore
+from agent.stores.codex_keyring import CodexKeyringStore
 from agent.stores.keychain import KeychainBackend, KeychainCalls, KeychainStore, MemoryKeyring
 from agent.stores.macos.identity import ClaudeEnv, identity
 from agent.stores.macos.security import SecurityTool
@@ -38,6 +44,7 @@ from agent.stores.secretservice import SecretServiceKeyring
 from agent.stores.sink import SinkStore
 from agent.stores.windows.identity import identity as credman_identity
 from agent.stores.windows.store import WindowsCredmanStore
+from tests.codexkit import codex_cred
 from tests.realkeyring import real_keyring_fixture  # noqa: F401
 
 BASE_MS = 1_900_000_000_000
@@ -79,6 +86,7 @@ class Subject:
     token_only: bool = False  # a sink holds only the access token
     file: Path | None = None
     documents: bool = True  # holds the CLI's whole JSON document
+    cred: Callable[[int], Credential] = cred  # login number n (later n: fresher)
 
 
 def _file_subject(store: Store, path: Path, token_only: bool, documents: bool) -> Subject:
@@ -140,7 +148,45 @@ def _credman_subject(tmp_path: Path) -> Subject:
                    cli.store_text)
 
 
+def _codex_keyring_subject(backend: KeychainBackend, home: Path, auto: bool) -> Subject:
+    home.mkdir()
+    store = CodexKeyringStore(home, backend, calls=KeychainCalls(timeout_s=5.0))
+    items = store.backend  # keyring-rs's scheme where the backend has one
+    counting = CountingBackend(items)
+    store.backend = counting
+    if auto:  # no auth.json: the auto store writes the item once there is one
+        items.set_password(store.service, store.account, "{}")
+        both = CodexAutoStore(CodexFileStore(home), store)
+        return Subject(both, lambda: counting.sets,
+                       lambda: items.get_password(store.service, store.account),
+                       lambda text: items.set_password(store.service, store.account, text),
+                       documents=False, cred=codex_cred)
+    return Subject(store, lambda: counting.sets,
+                   lambda: items.get_password(store.service, store.account),
+                   lambda text: items.set_password(store.service, store.account, text),
+                   documents=False, cred=codex_cred)
+
+
+def _codex_subject(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Subject:
+    if kind == "codex-file":
+        home = tmp_path / "codex-home"
+        home.mkdir()
+        store = CodexFileStore(home)
+        subject = _file_subject(store, store.path, token_only=False, documents=False)
+        subject.cred = codex_cred
+        return subject
+    if kind.endswith("-memory"):
+        return _codex_keyring_subject(MemoryKeyring(), tmp_path / "codex-home",
+                                      auto=kind.startswith("codex-auto"))
+    request.getfixturevalue("real_keyring")
+    kept = SecretServiceKeyring()
+    request.addfinalizer(kept.close)
+    return _codex_keyring_subject(kept, tmp_path / "codex-home", auto=False)
+
+
 def _build(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Subject:
+    if kind.startswith("codex-"):
+        return _codex_subject(kind, tmp_path, request)
     if kind == "credman-sim":
         return _credman_subject(tmp_path)
     if kind == "claude-file":
@@ -167,21 +213,27 @@ def _build(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Subject
 
 REAL_KEYCHAINS = [pytest.param(kind, marks=pytest.mark.integration)
                   for kind in ("keychain-real", "keychain-kept")]
+CODEX = ["codex-file", "codex-keyring-memory", "codex-auto-memory",
+         pytest.param("codex-keyring-kept", marks=pytest.mark.integration)]
 ALL = [
     "claude-file", "sink-claude", "sink-access-token", "sink-env", "sink-json",
-    "keychain-memory", "keychain-macos", "credman-sim", *REAL_KEYCHAINS,
+    "keychain-memory", "keychain-macos", "credman-sim", *REAL_KEYCHAINS, *CODEX,
 ]
-FILES = ["claude-file", "sink-claude", "sink-access-token", "sink-env", "sink-json"]
+FILES = ["claude-file", "sink-claude", "sink-access-token", "sink-env", "sink-json",
+         "codex-file"]
+# The Claude Code document (claudeAiOauth); Codex's are in tests/test_codex_stores.py.
 DOCUMENTS = ["claude-file", "sink-claude", "keychain-memory", "keychain-macos", "credman-sim",
              *REAL_KEYCHAINS]
-SOURCES = ["claude-file", "keychain-memory", "keychain-macos", "credman-sim", *REAL_KEYCHAINS]
+SOURCES = ["claude-file", "keychain-memory", "keychain-macos", "credman-sim", *REAL_KEYCHAINS,
+           *CODEX]
+POLLED = ("keychain", "codex-keyring")  # nobody can watch them
 
 
 @pytest.fixture
 def subject(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Subject]:
     built = _build(request.param, tmp_path, request)
     yield built
-    if isinstance(built.store, KeychainStore):
+    if isinstance(built.store, (KeychainStore, CodexKeyringStore, CodexAutoStore)):
         built.store.close()
 
 
@@ -201,17 +253,17 @@ def test_empty_store_reads_missing(subject: Subject) -> None:
 
 @pytest.mark.parametrize("subject", ALL, indirect=True)
 def test_write_then_read_gives_the_credential(subject: Subject) -> None:
-    assert subject.store.write(cred(1)) is True
+    assert subject.store.write(subject.cred(1)) is True
     reading = subject.store.read()
     assert reading.state is ReadState.VALID
-    _same_credential(subject, reading.credential, cred(1))
+    _same_credential(subject, reading.credential, subject.cred(1))
 
 
 @pytest.mark.parametrize("subject", ALL, indirect=True)
 def test_writing_the_same_credential_again_writes_nothing(subject: Subject) -> None:
-    assert subject.store.write(cred(1)) is True
+    assert subject.store.write(subject.cred(1)) is True
     before, content = subject.footprint(), subject.raw()
-    assert subject.store.write(cred(1)) is False
+    assert subject.store.write(subject.cred(1)) is False
     assert subject.footprint() == before  # same inode and mtime / no set_password call
     assert subject.raw() == content
 
@@ -231,28 +283,28 @@ def test_blank_credential_is_refused_and_nothing_changes(subject: Subject,
     with pytest.raises(StoreError):
         subject.store.write(blank)
     assert subject.store.read().state is ReadState.MISSING
-    subject.store.write(cred(1))
+    subject.store.write(subject.cred(1))
     before, content = subject.footprint(), subject.raw()
     with pytest.raises(StoreError):
         subject.store.write(blank)
     assert (subject.footprint(), subject.raw()) == (before, content)
-    _same_credential(subject, subject.store.read().valid, cred(1))
+    _same_credential(subject, subject.store.read().valid, subject.cred(1))
 
 
 @pytest.mark.parametrize("subject", ALL, indirect=True)
 def test_a_fresher_credential_replaces_an_older_one(subject: Subject) -> None:
-    subject.store.write(cred(1))
-    assert subject.store.write(cred(2)) is True
-    _same_credential(subject, subject.store.read().valid, cred(2))
+    subject.store.write(subject.cred(1))
+    assert subject.store.write(subject.cred(2)) is True
+    _same_credential(subject, subject.store.read().valid, subject.cred(2))
 
 
 @pytest.mark.parametrize("subject", SOURCES, indirect=True)
 def test_a_source_never_goes_backwards(subject: Subject) -> None:
-    subject.store.write(cred(2))
+    subject.store.write(subject.cred(2))
     before = subject.footprint()
-    assert subject.store.write(cred(1)) is False
+    assert subject.store.write(subject.cred(1)) is False
     assert subject.footprint() == before
-    _same_credential(subject, subject.store.read().valid, cred(2))
+    _same_credential(subject, subject.store.read().valid, subject.cred(2))
 
 
 @contextlib.contextmanager
@@ -268,9 +320,9 @@ def umask(mask: int) -> Iterator[None]:
 def test_files_are_private_whatever_the_umask(subject: Subject) -> None:
     assert subject.file is not None
     with umask(0):
-        subject.store.write(cred(1))
+        subject.store.write(subject.cred(1))
         assert stat.S_IMODE(subject.file.stat().st_mode) == 0o600
-        subject.store.write(cred(2))  # a rewrite too
+        subject.store.write(subject.cred(2))  # a rewrite too
     assert stat.S_IMODE(subject.file.stat().st_mode) == 0o600
     if isinstance(subject.store, SinkStore):
         assert stat.S_IMODE(subject.file.parent.stat().st_mode) == 0o700
@@ -279,20 +331,20 @@ def test_files_are_private_whatever_the_umask(subject: Subject) -> None:
 
 @pytest.mark.parametrize("subject", DOCUMENTS, indirect=True)
 def test_unknown_keys_of_the_document_are_kept(subject: Subject) -> None:
-    subject.seed(json.dumps({"claudeAiOauth": cred(1).to_json_obj(), **OTHER_KEYS}))
-    assert subject.store.write(cred(2)) is True
+    subject.seed(json.dumps({"claudeAiOauth": subject.cred(1).to_json_obj(), **OTHER_KEYS}))
+    assert subject.store.write(subject.cred(2)) is True
     text = subject.raw()
     assert text is not None
     doc = json.loads(text)
-    assert doc == {"claudeAiOauth": cred(2).to_json_obj(), **OTHER_KEYS}
+    assert doc == {"claudeAiOauth": subject.cred(2).to_json_obj(), **OTHER_KEYS}
 
 
 @pytest.mark.parametrize("subject", DOCUMENTS, indirect=True)
 def test_garbage_reads_invalid_and_is_replaced_whole(subject: Subject) -> None:
     subject.seed('{"claudeAiOauth": {"accessToken": "at-')
     assert subject.store.read().state is ReadState.INVALID
-    assert subject.store.write(cred(1)) is True
-    _same_credential(subject, subject.store.read().valid, cred(1))
+    assert subject.store.write(subject.cred(1)) is True
+    _same_credential(subject, subject.store.read().valid, subject.cred(1))
 
 
 @pytest.mark.parametrize("subject", DOCUMENTS, indirect=True)
@@ -300,14 +352,17 @@ def test_cleared_form_reads_cleared_and_is_restored(subject: Subject) -> None:
     subject.seed(json.dumps({"claudeAiOauth": {"accessToken": "", "refreshToken": "",
                                                "expiresAt": 0}, **OTHER_KEYS}))
     assert subject.store.read().state is ReadState.CLEARED
-    assert subject.store.write(cred(1)) is True
-    _same_credential(subject, subject.store.read().valid, cred(1))
+    assert subject.store.write(subject.cred(1)) is True
+    _same_credential(subject, subject.store.read().valid, subject.cred(1))
 
 
 @pytest.mark.parametrize("subject", ALL, indirect=True)
 def test_the_store_describes_itself(subject: Subject) -> None:
     store = subject.store
     assert store.name and store.location
-    assert store.kind in ("claude-file", "sink", "keychain")
+    assert store.kind in ("claude-file", "sink", "keychain", "codex-file", "codex-keyring",
+                          "codex-auto")
     assert store.is_source is (store.kind != "sink")
-    assert (store.watch_path is None) is (store.kind == "keychain")
+    assert (store.watch_path is None) is (store.kind in POLLED)
+    if store.kind in ("codex-keyring", "codex-auto"):
+        assert store.poll_s is not None  # a keyring item is polled

@@ -24,6 +24,16 @@ What may go stale while kept, and what is done about it:
   a dismissed unlock prompt again.
 
 Not thread-safe: one thread at a time (KeychainCalls' worker), since calls share one connection.
+
+``RustKeyringItems`` reaches, over the same kept connection, items in the scheme of keyring-rs
+3.x (what the Codex CLI writes): attributes ``service``, ``username``, ``target=default``,
+``application=rust-keyring``, label ``<username>@<service>:default (keyring v3.6.3)``. It finds
+an item as keyring-rs 3.6.3 does (``SsCredential::map_matching_items``): service, username and
+target across every collection; when none matches, service and username in the default
+collection (items written without ``target``); more than one match is an error
+(``AmbiguousItem``), as it is for keyring-rs. A write sets the secret of the one matching item,
+else creates the item with keyring-rs's attributes and label in the default collection, so that
+keyring-rs's search (which requires ``target``) finds it.
 """
 
 from __future__ import annotations
@@ -51,18 +61,29 @@ from secretstorage.util import (
     unlock_objects,
 )
 
-__all__ = ["SecretServiceKeyring"]
+__all__ = ["AmbiguousItem", "RustKeyringItems", "SecretServiceKeyring"]
 
 BUS_NAME = "org.freedesktop.secrets"
 ADDRESS_VARIABLE = "DBUS_SESSION_BUS_ADDRESS"
 APPID = "Python keyring library"  # keyring's SecretService.Keyring.appid: its items are ours
 COLLECTION_IFACE = SS_PREFIX + "Collection"
+SERVICE_PATH = "/org/freedesktop/secrets"
+SERVICE_IFACE = SS_PREFIX + "Service"
+# keyring-rs's controlled attributes; the label names the version that wrote the item (Codex
+# 0.171.0 is built with 3.6.3). The version in a label is never searched by.
+RUST_TARGET = "default"
+RUST_APPLICATION = "rust-keyring"
+RUST_KEYRING_VERSION = "3.6.3"
 ITEM_IFACE = SS_PREFIX + "Item"
 IS_LOCKED = SS_PREFIX + "Error.IsLocked"
+class AmbiguousItem(Exception):
+    """More than one item matches (keyring-rs refuses to choose, and so does credsync)."""
+
+
 # The daemon's answers: retrying them on a new connection would only ask (or prompt) again.
 ANSWERS: tuple[type[Exception], ...] = (KeyringLocked, PasswordDeleteError,
                                         PromptDismissedException, LockedException,
-                                        UnicodeDecodeError)
+                                        UnicodeDecodeError, AmbiguousItem)
 
 T = TypeVar("T")
 
@@ -151,6 +172,64 @@ def _set(link: Link, service: str, username: str, password: str) -> None:
     _prompt(link, prompt)
 
 
+def _secret_of(link: Link, path: str) -> str:
+    item = DBusAddressWrapper(path, ITEM_IFACE, link.connection)
+    (secret,) = item.call("GetSecret", "o", link.session.object_path)
+    return _decrypt(link.session, secret).decode("utf-8")
+
+
+# --- keyring-rs's scheme (RustKeyringItems) ---
+
+def _rust_attributes(service: str, username: str) -> dict[str, str]:
+    return {"service": service, "username": username, "target": RUST_TARGET,
+            "application": RUST_APPLICATION}
+
+
+def _rust_find(link: Link, service: str, username: str) -> str | None:
+    """The one item keyring-rs would use, unlocked; None when there is none."""
+    wanted = {"service": service, "username": username, "target": RUST_TARGET}
+    everywhere = DBusAddressWrapper(SERVICE_PATH, SERVICE_IFACE, link.connection)
+    unlocked, locked = everywhere.call("SearchItems", "a{ss}", wanted)
+    paths = [str(p) for p in (*unlocked, *locked)]
+    if not paths:  # keyring-rs's fallback: an item without target, in the default collection
+        (found,) = link.collection.call("SearchItems", "a{ss}", _query(service, username))
+        paths = [str(p) for p in found]
+    if len(paths) > 1:
+        raise AmbiguousItem(f"{len(paths)} Secret Service items match service={service!r} "
+                            f"username={username!r}; remove all but one")
+    if paths and paths[0] in {str(p) for p in locked} and \
+            unlock_objects(link.connection, paths):
+        raise KeyringLocked("Failed to unlock the item!")
+    return paths[0] if paths else None
+
+
+def _rust_get(link: Link, service: str, username: str) -> str | None:
+    path = _rust_find(link, service, username)
+    return _secret_of(link, path) if path is not None else None
+
+
+def _rust_set(link: Link, service: str, username: str, password: str) -> None:
+    secret = format_secret(link.session, password.encode("utf-8"), "text/plain")
+    path = _rust_find(link, service, username)
+    if path is not None:  # keyring-rs updates the item it finds rather than adding one
+        DBusAddressWrapper(path, ITEM_IFACE, link.connection).call("SetSecret", "(oayays)",
+                                                                   secret)
+        return
+    label = f"{username}@{service}:{RUST_TARGET} (keyring v{RUST_KEYRING_VERSION})"
+    properties = {SS_PREFIX + "Item.Label": ("s", label),
+                  SS_PREFIX + "Item.Attributes": ("a{ss}", _rust_attributes(service, username))}
+    _, prompt = link.collection.call("CreateItem", "a{sv}(oayays)b", properties, secret, True)
+    _prompt(link, prompt)
+
+
+def _rust_delete(link: Link, service: str, username: str) -> None:
+    path = _rust_find(link, service, username)
+    if path is None:
+        raise PasswordDeleteError("No such password!")
+    (prompt,) = DBusAddressWrapper(path, ITEM_IFACE, link.connection).call("Delete", "")
+    _prompt(link, prompt)
+
+
 def _delete(link: Link, service: str, username: str) -> None:
     for path in _search(link, service, username):
         (prompt,) = DBusAddressWrapper(path, ITEM_IFACE, link.connection).call("Delete", "")
@@ -188,6 +267,10 @@ class SecretServiceKeyring:
 
     def delete_password(self, service: str, username: str) -> None:
         self._call(lambda c: _delete(c, service, username))
+
+    def rust_keyring_items(self) -> RustKeyringItems:
+        """The items of keyring-rs's scheme, over this connection (same thread rule)."""
+        return RustKeyringItems(self)
 
     def close(self) -> None:
         """Close the connection (the daemon drops our session with it); a later call reconnects."""
@@ -246,3 +329,20 @@ class SecretServiceKeyring:
             raise
         self._link = Link(connection, collection, session, owner, address)
         return self._link
+
+
+class RustKeyringItems:
+    """A keyring backend (get/set/delete_password) for items in keyring-rs's scheme, such as
+    the Codex CLI's login, over a ``SecretServiceKeyring``'s kept connection."""
+
+    def __init__(self, keyring: SecretServiceKeyring) -> None:
+        self.keyring = keyring
+
+    def get_password(self, service: str, username: str) -> str | None:
+        return self.keyring._call(lambda c: _rust_get(c, service, username))
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        self.keyring._call(lambda c: _rust_set(c, service, username, password))
+
+    def delete_password(self, service: str, username: str) -> None:
+        self.keyring._call(lambda c: _rust_delete(c, service, username))
