@@ -149,6 +149,8 @@ class HttpRefresher:
         if status == 200:
             return self._success(cred, body, sent_at)
         code = self._error_code(body)
+        if code is not None and code in (cred.refresh_token, cred.access_token):
+            code = None  # a server echoing the token where its error code goes: never shown
         where = f"token endpoint {self.shown_url} answered {status}"
         named = f" {code}" if code else ""
         if self._terminal(status, code):
