@@ -57,6 +57,12 @@ CLAUDE_TOKEN_URL = "https://platform.claude.com/v1/oauth/token"
 CLAUDE_CLIENT_ID = "9d1c250a-e61b-44d9-88ed-5944d1962f5e"
 CLAUDE_SCOPE = ("user:profile user:inference user:sessions:claude_code user:mcp_servers "
                 "user:file_upload user:plugins")
+CODEX_TOKEN_URL = "https://auth.openai.com/oauth/token"
+CODEX_CLIENT_ID = "app_EMoamEEZ73f0CkXaXp7hrann"
+# Codex refreshes on its own once the access token's exp is within 5 minutes.
+CODEX_CLIENT_WINDOW_S = 300.0
+# What Codex keeps its login in, in each home: the document and its two write locks.
+CODEX_LOGIN_FILES = ("auth.json", "auth.lock", "auth.json.lock")
 # Attempts a refresh may make while it holds the locks; the lock invariant depends on it.
 ATTEMPTS_PER_LOCK = 2
 # A credsync config is a few hundred bytes; a bigger file is the wrong file (or an attack).
@@ -64,7 +70,8 @@ MAX_CONFIG_BYTES = 1_000_000
 # Values an error line never shows, whatever is wrong with them: a webhook URL holds a secret
 # in its path or query as often as not.
 SECRET_LOCS = frozenset({("refresh", "client_secret"), ("notify", "webhook"),
-                         ("refresh", "token_url")})  # a token URL may carry a password
+                         # a token URL may carry a password
+                         ("refresh", "token_url"), ("codex", "token_url")})
 # CREDSYNC_* variables that are not settings but are read or set on purpose: the config file's
 # location; setup-agent.sh's prefix; what the notifier hands ``notify.command`` (which may well
 # run credsync); the test suite's knobs.
@@ -165,6 +172,18 @@ class AgentSection(Section):
         return None if value in ("", None) else _expand_path(value)
 
 
+def _path_list(value: Any) -> Any:
+    """A list of paths (one string is a list of one), each expanded and made absolute."""
+    if isinstance(value, str):
+        value = [value]
+    return [_expand_path(v) for v in value] if isinstance(value, list) else value
+
+
+def _unique(value: list[Path]) -> list[Path]:
+    """The paths in order, each once; an empty list turns that side off."""
+    return list(dict.fromkeys(value))
+
+
 class ClaudeSection(Section):
     config_dirs: list[Path] = Field(
         default_factory=lambda: [paths.current_claude_config_dir()],
@@ -178,23 +197,48 @@ class ClaudeSection(Section):
         description='a directory path as Claude Code sessions have it in '
                     'CLAUDE_SECURESTORAGE_CONFIG_DIR, or "" for the default')
 
-    @field_validator("config_dirs", mode="before")
-    @classmethod
-    def _dirs(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = [value]
-        return [_expand_path(v) for v in value] if isinstance(value, list) else value
+    _dirs = field_validator("config_dirs", mode="before")(_path_list)
+    _unique_dirs = field_validator("config_dirs")(_unique)
 
-    @field_validator("config_dirs")
-    @classmethod
-    def _unique(cls, value: list[Path]) -> list[Path]:
-        if not value:
-            raise ValueError("must name at least one config dir")
-        seen: list[Path] = []
-        for item in value:
-            if item not in seen:
-                seen.append(item)
-        return seen
+
+def default_codex_homes(env: Mapping[str, str] | None = None) -> list[Path]:
+    """The Codex side is on when ``$CODEX_HOME`` is set (that home, made absolute the way Codex
+    resolves it) or ``~/.codex/auth.json`` exists (``~/.codex``); else off (no home)."""
+    env = os.environ if env is None else env
+    value = env.get("CODEX_HOME")
+    if value:
+        return [Path(os.path.abspath(os.path.expanduser(value)))]
+    default = Path(os.path.expanduser("~/.codex"))
+    return [default] if default.is_absolute() and (default / "auth.json").exists() else []
+
+
+class CodexSection(Section):
+    """OpenAI's Codex CLI: every ``CODEX_HOME`` whose login is kept fresh and in step. The
+    refresh timing is ``[refresh]``'s (``at_fraction``, ``jitter``, ``margin_s``) with Codex's
+    own 5-minute window (``client_window_s``, not a setting)."""
+
+    homes: list[Path] = Field(
+        default_factory=default_codex_homes,
+        description='a list of directory paths (each a CODEX_HOME), e.g. ["~/.codex", '
+                    f'"~/work/.codex"], or [] for none; {PATH_RULE}')
+    token_url: str = Field(CODEX_TOKEN_URL, pattern=r"^https?://",
+                           description="an http(s) URL without user:password@")
+    _token_url = field_validator("token_url")(_http_url)
+    _token_url_userinfo = field_validator("token_url")(_no_userinfo)
+    client_id: str = Field(CODEX_CLIENT_ID, min_length=1, description="a non-empty string")
+    keychain: bool = Field(True, description="true or false")
+
+    _homes = field_validator("homes", mode="before")(_path_list)
+    _unique_homes = field_validator("homes")(_unique)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.homes)
+
+    @property
+    def client_window_s(self) -> float:
+        """Codex refreshes by itself within 5 minutes of the access token's ``exp``."""
+        return CODEX_CLIENT_WINDOW_S
 
 
 SinkFormat = Literal["claude", "access-token", "env", "json"]
@@ -293,6 +337,8 @@ class Settings(BaseSettings):
                                    description="a list of [[sinks]] tables")
     refresh: RefreshSection = Field(default_factory=lambda: RefreshSection(),
                                     description="a [refresh] table")
+    codex: CodexSection = Field(default_factory=lambda: CodexSection(),
+                                description="a [codex] table")
     notify: NotifySection = Field(default_factory=lambda: NotifySection(),
                                   description="a [notify] table")
     cluster: ClusterSection = Field(default_factory=lambda: ClusterSection(),
@@ -314,6 +360,13 @@ class Settings(BaseSettings):
             # the ownership check and its use.
             sources.append(InitSettingsSource(settings_cls, init_kwargs=document))
         return tuple(sources)
+
+    def codex_refresh(self) -> RefreshSection:
+        """``[refresh]`` as the Codex side schedules and sends with it: the same timing
+        tunables, Codex's 5-minute client window, ``[codex]``'s endpoint and client id."""
+        return self.refresh.model_copy(update={
+            "client_window_s": self.codex.client_window_s,
+            "token_url": self.codex.token_url, "client_id": self.codex.client_id})
 
     @model_validator(mode="after")
     def _no_sink_collisions(self) -> Settings:
@@ -353,6 +406,10 @@ def _collision(settings: Settings, index: int, path: Path) -> str | None:
     for config_dir in settings.claude.config_dirs:
         if _same_file(path, config_dir / ".credentials.json"):
             return f"the credential file of config dir {config_dir}"
+    for home in settings.codex.homes:
+        for name in CODEX_LOGIN_FILES:
+            if _same_file(path, home / name):
+                return f"the {name} of Codex home {home} (codex.homes)"
     if _inside(path, settings.agent.state_dir):
         return f"inside the state dir {settings.agent.state_dir} (agent.state_dir)"
     log_file = settings.agent.log_file

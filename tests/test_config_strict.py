@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import RefreshSection, Settings, load_settings, safe_url
+from agent.config import (
+    CODEX_CLIENT_ID,
+    CODEX_TOKEN_URL,
+    CodexSection,
+    RefreshSection,
+    Settings,
+    load_settings,
+    safe_url,
+)
 from agent.errors import ConfigError
 from tests.agentproc import credsync
 
@@ -20,11 +28,13 @@ PATH_RULE = "expected an absolute path; ~ and $VARS that are set are allowed"
 
 @contextlib.contextmanager
 def clean_env(values: Mapping[str, str] | None = None) -> Iterator[None]:
-    """os.environ with no CREDSYNC_* variable but ``values`` (the loader reads os.environ)."""
+    """os.environ with no CREDSYNC_* variable (nor CODEX_HOME, which chooses [codex]'s default)
+    but ``values`` (the loader reads os.environ)."""
     saved = dict(os.environ)
     for name in [n for n in os.environ if n.upper().startswith("CREDSYNC_")]:
         del os.environ[name]
     os.environ.pop("UNSET_FOR_TEST", None)
+    os.environ.pop("CODEX_HOME", None)
     os.environ.update(values or {})
     try:
         yield
@@ -192,6 +202,7 @@ def test_a_symlinked_config_is_checked_where_it_points(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("template", "where"), [
     ('[claude]\nconfig_dirs = ["{v}"]\n', "claude.config_dirs"),
     ('[[sinks]]\npath = "{v}"\n', "sinks[0].path"),
+    ('[codex]\nhomes = ["/ok", "{v}"]\n', "codex.homes"),
 ])
 def test_a_path_that_is_not_absolute_is_refused(tmp_path: Path, value: str, template: str,
                                                 where: str) -> None:
@@ -314,3 +325,126 @@ def test_the_example_config_loads_and_documents_every_refresh_key() -> None:
     assert settings.refresh.max_lifetime_s == 86400
     text = example.read_text()
     assert all(f"{key} =" in text for key in RefreshSection.model_fields)
+    codex = text[text.index("[codex]"):]
+    assert all(f"{key} =" in codex for key in CodexSection.model_fields)
+
+
+# --- [codex] and an empty [claude] ------------------------------------------------------------
+
+def codex_settings(tmp_path: Path, text: str = "", env: Mapping[str, str] | None = None,
+                   auth_json: bool = False) -> Settings:
+    """Settings loaded with HOME a fresh directory of the test's (with ``~/.codex/auth.json``
+    when asked), no CODEX_HOME but from ``env``."""
+    home = tmp_path / "home"
+    (home / ".codex").mkdir(parents=True, exist_ok=True)
+    if auth_json:
+        (home / ".codex" / "auth.json").write_text("{}")
+    with clean_env({"HOME": str(home), **(env or {})}):
+        settings, _ = load_settings(config(tmp_path, text))
+    return settings
+
+
+def test_the_codex_side_is_off_without_codex_home_or_a_codex_login(tmp_path: Path) -> None:
+    codex = codex_settings(tmp_path).codex
+    assert codex.homes == [] and not codex.enabled
+    assert (codex.token_url, codex.client_id, codex.keychain) == \
+        (CODEX_TOKEN_URL, CODEX_CLIENT_ID, True)
+    assert codex_settings(tmp_path, env={"CODEX_HOME": ""}).codex.homes == []
+
+
+def test_the_codex_side_is_on_when_the_default_home_has_a_login(tmp_path: Path) -> None:
+    codex = codex_settings(tmp_path, auth_json=True).codex
+    assert codex.homes == [tmp_path / "home" / ".codex"] and codex.enabled
+
+
+def test_codex_home_chooses_the_default_home(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    chosen = tmp_path / "ch"
+    env = {"CODEX_HOME": str(chosen)}
+    assert codex_settings(tmp_path, env=env, auth_json=True).codex.homes == [chosen]
+    monkeypatch.chdir(tmp_path)  # a relative CODEX_HOME is Codex's working dir's, as Codex has it
+    assert codex_settings(tmp_path, env={"CODEX_HOME": "rel"}).codex.homes == [tmp_path / "rel"]
+
+
+def test_listed_homes_expand_and_repeat_once(tmp_path: Path) -> None:
+    text = '[codex]\nhomes = ["~/.codex", "$BASE_FOR_TEST/w", "~/.codex"]\nkeychain = false\n'
+    codex = codex_settings(tmp_path, text, {"BASE_FOR_TEST": str(tmp_path)}).codex
+    assert codex.homes == [tmp_path / "home" / ".codex", tmp_path / "w"]
+    assert codex.keychain is False
+    assert codex_settings(tmp_path, '[codex]\nhomes = []\n', auth_json=True).codex.homes == []
+
+
+@pytest.mark.parametrize(("text", "where", "says"), [
+    ('[codex]\nhomes = "rel"\n', "codex.homes", PATH_RULE),
+    ("[codex]\nhomes = 5\n", "codex.homes", "a list of directory paths"),
+    ('[codex]\nhomes = ["/a", 5]\n', "codex.homes[1]", "a list of directory paths"),
+    ('[codex]\ntoken_url = "ftp://h/t"\n', "codex.token_url", "an http(s) URL"),
+    ('[codex]\nclient_id = ""\n', "codex.client_id", "a non-empty string"),
+    ('[codex]\nkeychain = "maybe"\n', "codex.keychain", "true or false"),
+    ('[codex]\nclient_window_s = 100\n', "codex.client_window_s", UNKNOWN),
+])
+def test_bad_codex_values_are_one_line(tmp_path: Path, text: str, where: str,
+                                       says: str) -> None:
+    path = config(tmp_path, text)
+    (line,) = problems(path)
+    assert line.startswith(f"{path}: {where}: ") and says in line, line
+
+
+def test_a_codex_token_url_with_a_password_is_refused_and_never_shown(tmp_path: Path) -> None:
+    line = refused(["status", "--config", str(config(tmp_path, ""))],
+                   {"CREDSYNC_CODEX__TOKEN_URL": "https://u:PW@127.0.0.1:9/oauth/token"})
+    assert "CREDSYNC_CODEX__TOKEN_URL" in line and "user name or password" in line
+    assert "PW" not in line
+    path = config(tmp_path, '[codex]\ntoken_url = "http://u:pw@h/"\n', name="s.toml")
+    (line,) = problems(path)
+    assert line.startswith(f"{path}: codex.token_url: ") and "pw@" not in line
+
+
+def test_codex_keys_come_from_the_environment(tmp_path: Path) -> None:
+    env = {"CREDSYNC_CODEX__HOMES": f'["~/a", "{tmp_path}/b"]',
+           "CREDSYNC_CODEX__TOKEN_URL": "http://127.0.0.1:8/oauth/token",
+           "CREDSYNC_CODEX__CLIENT_ID": "app_other", "CREDSYNC_CODEX__KEYCHAIN": "false"}
+    codex = codex_settings(tmp_path, '[codex]\nhomes = ["/from/file"]\n', env).codex
+    assert codex.homes == [tmp_path / "home" / "a", tmp_path / "b"]
+    assert (codex.token_url, codex.client_id, codex.keychain) == \
+        ("http://127.0.0.1:8/oauth/token", "app_other", False)
+    off = codex_settings(tmp_path, env={"CREDSYNC_CODEX__HOMES": "[]"}, auth_json=True)
+    assert off.codex.homes == []
+
+
+@pytest.mark.parametrize(("name", "value", "says"), [
+    ("CREDSYNC_CODEX__HOMES", "~/a", "not valid JSON"),
+    ("CREDSYNC_CODEX__HOMES", '["rel"]', "a relative path"),
+    ("CREDSYNC_CODEX__HOME", '["/a"]', "unknown variable"),
+])
+def test_bad_codex_variables_name_the_variable(tmp_path: Path, name: str, value: str,
+                                               says: str) -> None:
+    (line,) = problems(config(tmp_path, ""), {name: value})
+    assert line.startswith(f"environment variable {name}: ") and says in line, line
+
+
+def test_the_codex_side_refreshes_with_refresh_timing_and_its_own_window(tmp_path: Path) -> None:
+    text = '[refresh]\nat_fraction = 0.7\nclient_window_s = 900\n' \
+           '[codex]\ntoken_url = "http://127.0.0.1:8/t"\n'
+    settings = codex_settings(tmp_path, text)
+    assert settings.codex.client_window_s == 300
+    section = settings.codex_refresh()
+    assert (section.at_fraction, section.jitter, section.margin_s, section.timeout_s) == \
+        (0.7, settings.refresh.jitter, settings.refresh.margin_s, settings.refresh.timeout_s)
+    assert (section.client_window_s, section.token_url, section.client_id) == \
+        (300, "http://127.0.0.1:8/t", CODEX_CLIENT_ID)
+    assert settings.refresh.client_window_s == 900  # the Claude side's own, unchanged
+
+
+def test_a_sink_on_a_codex_login_file_is_refused(tmp_path: Path) -> None:
+    text = f'[codex]\nhomes = ["{tmp_path}/cx"]\n[[sinks]]\npath = "{tmp_path}/cx/auth.json"\n'
+    path = config(tmp_path, text)
+    (line,) = problems(path)
+    assert line == (f"{path}: sinks[0].path: {tmp_path}/cx/auth.json is the auth.json of Codex "
+                    f"home {tmp_path}/cx (codex.homes); point the sink at a file of its own")
+
+
+def test_an_empty_config_dirs_turns_the_claude_side_off(tmp_path: Path) -> None:
+    assert codex_settings(tmp_path, "[claude]\nconfig_dirs = []\n").claude.config_dirs == []
+    env = {"CREDSYNC_CLAUDE__CONFIG_DIRS": "[]"}
+    assert codex_settings(tmp_path, env=env).claude.config_dirs == []

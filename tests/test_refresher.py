@@ -416,3 +416,11 @@ def test_messages_never_show_the_urls_password_query_or_fragment(server: OAuthSe
     text = str(caught.value)
     assert f"{parts.scheme}://{parts.netloc}{parts.path} answered 503" in text, text
     assert "PW" not in text and "S3CRET" not in text and "FRAG" not in text
+
+
+def test_a_token_echoed_as_the_error_code_is_not_shown(clock: FakeClock) -> None:
+    refresher = mock_refresher(lambda r: httpx.Response(
+        400, json={"error": "old-refresh-token-xyz"}), clock)
+    with pytest.raises(TransientRefreshError) as caught:
+        refresher.refresh(OLD)
+    assert_no_token(caught.value, OLD)

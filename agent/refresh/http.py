@@ -11,6 +11,10 @@ raises one of:
                              server's Retry-After when it sent one)
 
 No message ever holds a token. ``Backoff`` gives the delay before the next attempt.
+
+A provider with another request or answer (``agent.codex.refresher``) subclasses it and overrides
+``_build`` and the ``_success`` / ``_error_code`` / ``_error_text`` / ``_terminal`` hooks; the
+transport, the client, and what a lost or dropped answer means stay here.
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ from agent.config import RefreshSection, safe_url
 from agent.credential import Credential, fingerprint_of
 from agent.errors import InvalidGrantError, TransientRefreshError
 
-Style = Literal["claude", "oauth2"]
+# "codex" is agent.codex.refresher.CodexRefresher's, which builds its own request and reads its
+# own answers through the hooks below.
+Style = Literal["claude", "oauth2", "codex"]
 # Error codes after which the same request can never succeed (RFC 6749 s.5.2).
 TERMINAL_ERRORS = frozenset({"invalid_grant", "invalid_client", "invalid_request",
                              "invalid_scope", "unauthorized_client", "unsupported_grant_type"})
@@ -67,6 +73,8 @@ class HttpRefresher:
         clock: Clock | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        if style == "codex" and type(self)._build is HttpRefresher._build:
+            raise ValueError("style codex is agent.codex.refresher.CodexRefresher")
         self.token_url = token_url
         # What messages show: a URL may carry a password, a query or a fragment.
         self.shown_url = safe_url(token_url)
@@ -139,16 +147,39 @@ class HttpRefresher:
         status = response.status_code
         body = _json_object(response)
         if status == 200:
-            return _parse_success(cred, body, sent_at, self.shown_url)
-        error = body.get("error") if body else None
-        code = error if isinstance(error, str) and _CODE.match(error) else None
+            return self._success(cred, body, sent_at)
+        code = self._error_code(body)
+        if code is not None and code in (cred.refresh_token, cred.access_token):
+            code = None  # a server echoing the token where its error code goes: never shown
         where = f"token endpoint {self.shown_url} answered {status}"
-        if 400 <= status < 500 and status not in (408, 429) and code in TERMINAL_ERRORS:
-            detail = _description(body, cred)
-            raise GrantRejected(f"{where} {code}{detail}", code, status)
-        retry_after = parse_retry_after(response.headers.get("Retry-After"), self._clock.now())
         named = f" {code}" if code else ""
+        if self._terminal(status, code):
+            detail = _description(self._error_text(body), cred)
+            raise GrantRejected(f"{where}{named}{detail}", code or f"http_{status}", status)
+        retry_after = parse_retry_after(response.headers.get("Retry-After"), self._clock.now())
         raise TransientRefreshError(f"{where}{named}", retry_after)
+
+    # The hooks a provider's refresher overrides (agent.codex.refresher): how a success is read
+    # into a credential, where the error code is, which refusals are final.
+
+    def _success(self, cred: Credential, body: Mapping[str, Any] | None,
+                 sent_at: float) -> RefreshResult:
+        return _parse_success(cred, body, sent_at, self.shown_url)
+
+    def _error_code(self, body: Mapping[str, Any] | None) -> str | None:
+        error = body.get("error") if body else None
+        return safe_code(error)
+
+    def _error_text(self, body: Mapping[str, Any] | None) -> Any:
+        return body.get("error_description") if body else None
+
+    def _terminal(self, status: int, code: str | None) -> bool:
+        return 400 <= status < 500 and status not in (408, 429) and code in TERMINAL_ERRORS
+
+
+def safe_code(value: Any) -> str | None:
+    """An error code as a server sent it, if it looks like one (it is shown in messages)."""
+    return value if isinstance(value, str) and _CODE.match(value) else None
 
 
 def _json_object(response: httpx.Response) -> dict[str, Any] | None:
@@ -159,8 +190,7 @@ def _json_object(response: httpx.Response) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
-def _description(body: Mapping[str, Any] | None, cred: Credential) -> str:
-    text = body.get("error_description") if body else None
+def _description(text: Any, cred: Credential) -> str:
     if not isinstance(text, str) or not text:
         return ""
     # A server may echo what it was sent: never let a token through.
