@@ -9,7 +9,13 @@ had, is revoked. Pure logic, no I/O; the caller passes ``now`` and holds the loc
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, Literal
+
+RejectKind = Literal["unknown", "revoked", "reused", "expired"]
+# Makes a family's next access token: (the family's metadata, now, lifetime) -> the token.
+AccessFactory = Callable[[Mapping[str, Any], float, float], str]
 
 
 @dataclass(frozen=True)
@@ -22,17 +28,21 @@ class Grant:
 
 
 class GrantRejected(Exception):
-    """The refresh token is not redeemable; ``reason`` says why (never the token)."""
+    """The refresh token is not redeemable; ``reason`` says why (never the token), ``kind``
+    which case: an ``unknown`` token, one of a ``revoked`` family, a ``reused`` one (which has
+    just revoked its family) or an ``expired`` one."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, kind: RejectKind) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.kind: RejectKind = kind
 
 
 @dataclass
 class _Family:
     revoked: bool = False
     tokens: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)  # who logged in (Codex's identity)
 
 
 @dataclass
@@ -49,32 +59,35 @@ def _lifetime_number(seconds: float) -> float:
 
 class Ledger:
     def __init__(self, access_lifetime_s: float, refresh_lifetime_s: float | None,
-                 rotate: bool = True) -> None:
+                 rotate: bool = True, access_factory: AccessFactory | None = None) -> None:
         self.access_lifetime_s = access_lifetime_s
         self.refresh_lifetime_s = refresh_lifetime_s
         self.rotate = rotate
+        self.access_factory = access_factory
+        self.reused = 0  # spent refresh tokens presented again (each revoked its family)
         self.revoked_families = 0
         self._families: list[_Family] = []
         self._refresh: dict[str, _Refresh] = {}
         self._access: dict[str, tuple[int, float]] = {}
 
-    def login(self, now: float) -> Grant:
-        self._families.append(_Family())
+    def login(self, now: float, meta: Mapping[str, Any] | None = None) -> Grant:
+        self._families.append(_Family(meta=dict(meta or {})))
         return self._issue(len(self._families) - 1, now, refresh_token=None)
 
     def redeem(self, refresh_token: str, now: float) -> Grant:
         record = self._refresh.get(refresh_token)
         if record is None:
-            raise GrantRejected("unknown refresh token")
+            raise GrantRejected("unknown refresh token", "unknown")
         family = self._families[record.family]
         if family.revoked:
-            raise GrantRejected("token family revoked")
+            raise GrantRejected("token family revoked", "revoked")
         if record.used:
             family.revoked = True
             self.revoked_families += 1
-            raise GrantRejected("refresh token reused: token family revoked")
+            self.reused += 1
+            raise GrantRejected("refresh token reused: token family revoked", "reused")
         if record.expires_at is not None and now >= record.expires_at:
-            raise GrantRejected("refresh token expired")
+            raise GrantRejected("refresh token expired", "expired")
         if not self.rotate:
             return self._issue(record.family, now, refresh_token=refresh_token)
         record.used = True
@@ -97,8 +110,15 @@ class Ledger:
         record = self._refresh.get(token)
         return record.family if record else None
 
+    def meta_of(self, family: int) -> Mapping[str, Any]:
+        return dict(self._families[family].meta)
+
     def _issue(self, family: int, now: float, refresh_token: str | None) -> Grant:
-        access = "sim-at-" + secrets.token_urlsafe(24)
+        if self.access_factory is not None:
+            access = self.access_factory(self._families[family].meta, now,
+                                         self.access_lifetime_s)
+        else:
+            access = "sim-at-" + secrets.token_urlsafe(24)
         self._access[access] = (family, now + self.access_lifetime_s)
         self._families[family].tokens.append(access)
         refresh_in = self.refresh_lifetime_s

@@ -4,13 +4,25 @@ Endpoints
     POST /v1/oauth/token   refresh grant, ``claude`` style (JSON) or ``oauth2`` style (RFC 6749
                            s.6 form body; HTTP Basic client auth when a client_secret is set)
     GET  /v1/check         ``Authorization: Bearer <access token>``: 200 when valid, else 401
-    POST /_sim/login       issue a new login (a new token family): the claudeAiOauth object
+    POST /_sim/login       issue a new login (a new token family): the claudeAiOauth object;
+                           a Codex server takes ``{"account_id", "user_id", ...}`` and answers
+                           Codex's ``tokens`` object
     GET  /_sim/stats       counters and the request log
     POST /_sim/fault       {"kind", "count", "status", "retry_after", "delay_s"}: queue faults
     POST /_sim/clear-faults
 
 In a thread: ``with OAuthServer(access_lifetime_s=60) as server: server.url``. As a process:
 ``python -m agent.sim.server --port 0 --lifetime 60`` prints the token URL on its first line.
+
+``OAuthServer(style="codex")`` plays OpenAI's token endpoint as Codex CLI meets it (notes/codex.md):
+a JSON request ``{client_id, grant_type, refresh_token, refresh_reason?}``; the answer
+``{id_token, access_token, refresh_token}`` with JWT tokens (``agent.sim.jwt``; the access token's
+``exp``/``iat`` carry its lifetime, there is no ``expires_in``); a refused refresh token is HTTP
+401 ``{"error": {"code": ...}}`` with the codes Codex's ``classify_refresh_token_failure`` maps:
+``refresh_token_reused`` (a spent token: the whole family is revoked), ``refresh_token_invalidated``
+(any token of a revoked family) and ``refresh_token_expired`` (past the refresh lifetime); an
+unknown token is 401 ``{"error": "invalid_grant", ...}`` (a 401: permanent for Codex too). The same
+ledger holds both styles' families.
 """
 
 from __future__ import annotations
@@ -19,27 +31,38 @@ import argparse
 import base64
 import binascii
 import contextlib
+import dataclasses
 import json
 import signal
 import socket
 import sys
 import threading
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
-from typing import Any
+from typing import Any, Literal
 
 from agent.clock import Clock, SystemClock
 from agent.config import CLAUDE_CLIENT_ID, CLAUDE_SCOPE
 from agent.credential import fingerprint_of
+from agent.sim import jwt
 from agent.sim.faults import Fault, FaultQueue
-from agent.sim.ledger import Grant, GrantRejected, Ledger
+from agent.sim.ledger import Grant, GrantRejected, Ledger, RejectKind
 
 TOKEN_PATH = "/v1/oauth/token"
 CHECK_PATH = "/v1/check"
 MAX_BODY = 64 * 1024
+CODEX_CLIENT_ID = "app_EMoamEEZ73f0CkXaXp7hrann"  # Codex CLI's public OAuth client
+Style = Literal["claude", "codex"]
+# What OpenAI's token endpoint says for each refusal, as Codex classifies them.
+CODEX_REFUSALS: dict[RejectKind, tuple[str, str]] = {
+    "reused": ("refresh_token_reused",
+               "Your refresh token has already been used to generate a new access token."),
+    "revoked": ("refresh_token_invalidated", "Your refresh token has been invalidated."),
+    "expired": ("refresh_token_expired", "Your refresh token has expired."),
+}
 
 
 @dataclass(frozen=True)
@@ -57,7 +80,7 @@ class Reply:
 @dataclass(frozen=True)
 class RequestRecord:
     time: float  # server clock
-    style: str  # "claude", "oauth2", or "-" when the request could not be parsed
+    style: str  # "claude", "oauth2", "codex", or "-" when the request could not be parsed
     fingerprint: str  # of the presented refresh token
     outcome: str  # rotated, lost, invalid_grant, invalid_client, invalid_request, fault:503, ...
     status: int  # 0 when the connection was closed without an answer
@@ -72,6 +95,7 @@ class ServerStats:
     logins: int = 0
     checks: int = 0
     unauthorized: int = 0
+    reused: int = 0  # spent refresh tokens presented again (each revoked its family)
 
 
 @dataclass(frozen=True)
@@ -138,15 +162,17 @@ class OAuthServer:
         *,
         access_lifetime_s: float = 8 * 3600,
         refresh_lifetime_s: float | None = None,
-        client_id: str = CLAUDE_CLIENT_ID,
+        client_id: str | None = None,
         client_secret: str | None = None,
         scope: str = CLAUDE_SCOPE,
         subscription_type: str = "max",
         rotate: bool = True,
         clock: Clock | None = None,
         port: int = 0,
+        style: Style = "claude",
     ) -> None:
-        self.client_id = client_id
+        self.style: Style = style
+        self.client_id = client_id or (CODEX_CLIENT_ID if style == "codex" else CLAUDE_CLIENT_ID)
         self.client_secret = client_secret
         self.scope = scope
         self.subscription_type = subscription_type
@@ -154,7 +180,8 @@ class OAuthServer:
         self._clock: Clock = clock or SystemClock()
         self._port = port
         self._lock = threading.Lock()
-        self._ledger = Ledger(access_lifetime_s, refresh_lifetime_s, rotate)
+        self._ledger = Ledger(access_lifetime_s, refresh_lifetime_s, rotate,
+                              self._codex_access if style == "codex" else None)
         self._stats = ServerStats()
         self._log: list[RequestRecord] = []
         self._stopping = threading.Event()
@@ -234,7 +261,8 @@ class OAuthServer:
     def stats(self) -> ServerStats:
         with self._lock:
             return ServerStats(**{**asdict(self._stats),
-                                  "revoked_families": self._ledger.revoked_families})
+                                  "revoked_families": self._ledger.revoked_families,
+                                  "reused": self._ledger.reused})
 
     def log(self) -> list[RequestRecord]:
         with self._lock:
@@ -249,12 +277,19 @@ class OAuthServer:
             return self._ledger.family_of(token)
 
     # -- the OAuth behaviour ---------------------------------------------------------------
-    def issue_login(self, now: float | None = None) -> dict[str, Any]:
-        """A new login (a new token family), shaped like the CLI's claudeAiOauth object."""
+    def issue_login(self, now: float | None = None, *, account_id: str = "sim-account",
+                    user_id: str = "sim-user", email: str = "sim@example.com",
+                    plan_type: str = "plus") -> dict[str, Any]:
+        """A new login (a new token family), shaped like the CLI's claudeAiOauth object; for a
+        Codex server like auth.json's ``tokens`` (the identity arguments are Codex's only)."""
         at = self._clock.now() if now is None else now
+        meta = {"account_id": account_id, "user_id": user_id, "email": email,
+                "plan_type": plan_type}
         with self._lock:
-            grant = self._ledger.login(at)
+            grant = self._ledger.login(at, meta)
             self._count(logins=1)
+        if self.style == "codex":
+            return {**self._codex_body(grant, at), "account_id": account_id}
         oauth: dict[str, Any] = {
             "accessToken": grant.access_token,
             "refreshToken": grant.refresh_token,
@@ -288,6 +323,9 @@ class OAuthServer:
                 content_type, authorization, body)
         except BadRequest as exc:
             request = exc
+        if self.style == "codex" and isinstance(request, TokenRequest) \
+                and request.style == "claude":
+            request = dataclasses.replace(request, style="codex")  # Codex's JSON body
         fault = self.faults.pop()
         if fault is not None and fault.kind == "delay" and self._stopping.wait(fault.delay_s):
             return None  # shutting down: answer nothing rather than act after stop()
@@ -322,11 +360,56 @@ class OAuthServer:
                 grant = self._ledger.redeem(req.refresh_token, now)
             except GrantRejected as exc:
                 self._count(invalid_grants=1)
+                if self.style == "codex":
+                    return self._codex_refusal(req, exc, now)
                 self._record(req, "invalid_grant", 400, now)
                 return Reply.json(400, {"error": "invalid_grant", "error_description": exc.reason})
             self._count(rotations=1)
             self._record(req, "lost" if lost else "rotated", 0 if lost else 200, now)
-        return None if lost else Reply.json(200, self._grant_body(grant))
+        if lost:
+            return None
+        if self.style == "codex":
+            return Reply.json(200, self._codex_body(grant, now))
+        return Reply.json(200, self._grant_body(grant))
+
+    # -- Codex's answers (OpenAI's token endpoint) ----------------------------------------
+    def _codex_access(self, meta: Mapping[str, Any], now: float, lifetime_s: float) -> str:
+        return jwt.access_token(exp=int(now + lifetime_s), iat=int(now),
+                                account_id=str(meta.get("account_id", "")),
+                                user_id=str(meta.get("user_id", "")),
+                                plan_type=str(meta.get("plan_type", "")),
+                                client_id=self.client_id)
+
+    def _codex_body(self, grant: Grant, now: float) -> dict[str, Any]:
+        """``{id_token, access_token, refresh_token}``: no expires_in, the JWTs say it; a
+        non-rotating server leaves the refresh token out (the client keeps its own)."""
+        meta = self._ledger_meta(grant.family)
+        body: dict[str, Any] = {
+            "id_token": jwt.id_token(iat=int(now), account_id=str(meta.get("account_id", "")),
+                                     user_id=str(meta.get("user_id", "")),
+                                     email=str(meta.get("email", "")),
+                                     plan_type=str(meta.get("plan_type", "")),
+                                     client_id=self.client_id),
+            "access_token": grant.access_token,
+        }
+        if self._ledger.rotate:
+            body["refresh_token"] = grant.refresh_token
+        return body
+
+    def _ledger_meta(self, family: int) -> Mapping[str, Any]:
+        with self._lock:
+            return self._ledger.meta_of(family)
+
+    def _codex_refusal(self, req: TokenRequest, exc: GrantRejected, now: float) -> Reply:
+        """Called holding the lock: a 401 in the shape Codex's classifier reads."""
+        refusal = CODEX_REFUSALS.get(exc.kind)
+        if refusal is None:  # an unknown token: OAuth's own word, still a 401
+            self._record(req, "invalid_grant", 401, now)
+            return Reply.json(401, {"error": "invalid_grant", "error_description": exc.reason})
+        code, message = refusal
+        self._record(req, code, 401, now)
+        return Reply.json(401, {"error": {"message": message, "type": "invalid_request_error",
+                                          "param": None, "code": code}})
 
     def _grant_body(self, grant: Grant) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -393,7 +476,7 @@ class OAuthServer:
 
     def handle_admin(self, method: str, path: str, body: bytes) -> Reply:
         if method == "POST" and path == "/_sim/login":
-            return Reply.json(200, self.issue_login())
+            return self._admin_login(body)
         if method == "GET" and path == "/_sim/stats":
             return Reply.json(200, {"stats": asdict(self.stats()),
                                     "log": [asdict(r) for r in self.log()]})
@@ -408,6 +491,20 @@ class OAuthServer:
                 return Reply.json(400, {"error": "invalid_request", "error_description": str(exc)})
             return Reply.json(200, {"pending": self.faults.pending()})
         return Reply.json(404, {"error": "not_found"})
+
+
+    def _admin_login(self, body: bytes) -> Reply:
+        if self.style != "codex" or not body.strip():
+            return Reply.json(200, self.issue_login())
+        try:
+            obj = json.loads(body)
+        except ValueError:
+            obj = None
+        names = ("account_id", "user_id", "email", "plan_type")
+        if not isinstance(obj, dict) or not all(isinstance(obj.get(n, ""), str) for n in names):
+            return Reply.json(400, {"error": "invalid_request",
+                                    "error_description": "identity fields must be strings"})
+        return Reply.json(200, self.issue_login(**{n: obj[n] for n in names if n in obj}))
 
 
 def _ms(seconds: float) -> int:
@@ -487,7 +584,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="access token lifetime, seconds")
     parser.add_argument("--refresh-lifetime", type=float, default=None,
                         help="refresh token lifetime, seconds (default: none)")
-    parser.add_argument("--client-id", default=CLAUDE_CLIENT_ID)
+    parser.add_argument("--client-id", default=None,
+                        help="default: Claude Code's, or Codex's with --style codex")
+    parser.add_argument("--style", choices=["claude", "codex"], default="claude",
+                        help="codex: OpenAI's token endpoint as Codex CLI meets it")
     parser.add_argument("--client-secret", default=None)
     parser.add_argument("--no-rotate", action="store_true",
                         help="refresh tokens stay valid and none is returned")
@@ -502,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
     server = OAuthServer(access_lifetime_s=args.lifetime,
                          refresh_lifetime_s=args.refresh_lifetime, client_id=args.client_id,
                          client_secret=args.client_secret, rotate=not args.no_rotate,
-                         port=args.port)
+                         port=args.port, style=args.style)
     with server:
         print(server.url, flush=True)
         while not stop.wait(1.0):

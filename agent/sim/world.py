@@ -44,7 +44,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the directory that holds `
 AGENT_START_S = 30.0  # bound on the agent's first round (a cold process on a busy machine)
 JOIN_S = 30.0  # bound on a session thread finishing its step (lock waits, HTTP timeouts)
 # Variables that would point the agent or the sessions at the user's real setup.
-_FOREIGN_ENV = ("CLAUDE_CONFIG_DIR", "CLAUDE_SECURESTORAGE_CONFIG_DIR")
+_FOREIGN_ENV = ("CLAUDE_CONFIG_DIR", "CLAUDE_SECURESTORAGE_CONFIG_DIR", "CODEX_HOME")
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,8 @@ class WorldResult:
 
 def private_env(home: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
     """An environment in which credsync can only see the world: its own HOME and XDG dirs,
-    no CREDSYNC_* overrides, no CLAUDE_CONFIG_DIR, and this very copy of the package."""
+    no CREDSYNC_* overrides, no CLAUDE_CONFIG_DIR or CODEX_HOME, and this very copy of the
+    package."""
     env = {k: v for k, v in (os.environ if base is None else base).items()
            if not k.upper().startswith("CREDSYNC_") and k not in _FOREIGN_ENV}
     env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"),
@@ -156,14 +157,18 @@ def _toml(value: object) -> str:
 
 
 def write_agent_config(path: Path, config_dirs: Sequence[Path], state_dir: Path,
-                       log_file: Path, refresh: Mapping[str, object]) -> Path:
-    """A credsync config that touches nothing but the world: no keychain, no notifications."""
+                       log_file: Path, refresh: Mapping[str, object],
+                       codex: Mapping[str, object] | None = None) -> Path:
+    """A credsync config that touches nothing but the world: no keychain, no notifications;
+    ``codex``, when given, is the ``[codex]`` table (issue 16's interface)."""
     sections: dict[str, Mapping[str, object]] = {
         "agent": {"state_dir": state_dir, "log_file": log_file, "log_level": "info"},
         "claude": {"config_dirs": list(config_dirs), "keychain": False},
         "refresh": refresh,
         "notify": {"desktop": False},
     }
+    if codex is not None:
+        sections["codex"] = codex
     lines: list[str] = []
     for name, values in sections.items():
         lines += [f"[{name}]", *(f"{k} = {_toml(v)}" for k, v in values.items()), ""]
@@ -180,11 +185,12 @@ class AgentRun:
     """``credsync run`` as a real process, confined to the world's directory."""
 
     def __init__(self, root: Path, config_dirs: Sequence[Path], refresh: Mapping[str, object],
-                 python: str = sys.executable) -> None:
+                 python: str = sys.executable,
+                 codex: Mapping[str, object] | None = None) -> None:
         self.state_dir = root / "state"
         self.log_path = root / "agent.log"
         self.config = write_agent_config(root / "credsync.toml", config_dirs, self.state_dir,
-                                         root / "credsync.log", refresh)
+                                         root / "credsync.log", refresh, codex)
         self.env = private_env(root / "home")
         self.python = python
         self.proc: subprocess.Popen[bytes] | None = None
