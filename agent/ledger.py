@@ -275,10 +275,15 @@ class LoginRecord:
 # ----- the ledger ----------------------------------------------------------------------------
 
 class Ledger:
-    def __init__(self, root: Path, config_dirs: Sequence[Path | str] = ()) -> None:
+    def __init__(self, root: Path, config_dirs: Sequence[Path | str] = (),
+                 provider: str = "") -> None:
         self.root = root
         self.config_dirs = [str(d) for d in config_dirs]
-        self.scope = scope_key(config_dirs) if config_dirs else ""
+        # Another provider's logins (Codex: its homes) get scopes of their own, never one of
+        # Claude Code's, whatever the dirs (an empty list too).
+        key = scope_key(config_dirs) if config_dirs else ""
+        self.scope = f"{provider}-{key}" if provider else key
+        self.provider = provider
         self.path = root / "logins" / self.scope if self.scope else root
         self.journal = Journal(root / JOURNAL_FILE)
         self._memory_on_disk: dict[str, Any] | None = None
@@ -289,7 +294,9 @@ class Ledger:
 
     @property
     def refresh_lock_path(self) -> Path:
-        return self.root / REFRESH_LOCK_FILE
+        # One per provider: a Codex refresh never waits for a Claude one.
+        name = f"{self.provider}-{REFRESH_LOCK_FILE}" if self.provider else REFRESH_LOCK_FILE
+        return self.root / name
 
     def ensure(self) -> None:
         ensure_private_dir(self.root)

@@ -68,6 +68,13 @@ class LazyBackend:
     def delete_password(self, service: str, username: str) -> None:
         self._call("delete_password", service, username)
 
+    def rust_keyring_items(self) -> LazyBackend:
+        """Codex's items (keyring-rs' scheme) on the same keychain, looked up as lazily."""
+        from agent.stores.codex_keyring import codex_backend
+
+        find = self._find
+        return LazyBackend(lambda: codex_backend(find()))
+
 
 def file_stores(settings: Settings) -> list[ClaudeFileStore]:
     return [ClaudeFileStore(d) for d in settings.claude.config_dirs]

@@ -53,6 +53,8 @@ class Lanes:
                     self.dispatch(self.events.get_nowait())
                 except queue.Empty:
                     break
+        if self.watcher is not None and self.watcher.sync():
+            log.debug("watches re-aimed")  # a dir appeared, vanished or was replaced
         for lane in self.lanes:
             if self.stopping is not None:
                 return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import sys
@@ -19,6 +20,7 @@ from agent.errors import (
     ReloginRequired,
     StoreError,
 )
+from agent.ledger import Ledger
 from agent.loop.build import build_stores, close_stores, ledger_of
 from agent.reconcile import Reconciler
 from agent.refresh.coordinator import Coordinator, Kind, Outcome, RefreshDriver, RefreshResultLike
@@ -32,8 +34,13 @@ if TYPE_CHECKING:
     from agent.cli.status import Status
     from agent.cli.tokennote import Note
     from agent.cluster.node import ClusterNode
+    from agent.codex.refresher import CodexRefresher
     from agent.config import Settings
+    from agent.loop.agent import Agent
+    from agent.notify.alerting import Alerting
+    from agent.notify.alerts import Product
     from agent.refresh.http import HttpRefresher
+    from agent.stores.keychain import KeychainBackend
 
 log = logging.getLogger("credsync")
 
@@ -42,11 +49,34 @@ StoreBuilder = Callable[["Settings"], list[Store]]
 
 def run_agent(settings: Settings, config_path: Path, events: queue.Queue[object],
               build: StoreBuilder = build_stores) -> str:
-    """``credsync run``: the loop until a Stop. ``build`` makes the stores from the settings
+    """``credsync run``: the loop until a Stop, with a lane for each side that is on (Claude
+    Code's config dirs, Codex's homes). ``build`` makes Claude's stores from the settings
     (tests build the darwin stores on the ``security`` double with it)."""
+    if not settings.claude.config_dirs and not settings.codex.enabled:
+        raise RefreshError("nothing to keep: [claude] config_dirs is empty and no Codex home "
+                           "is set; list one in the config file ([claude] config_dirs or "
+                           "[codex] homes)")
+    from agent.loop.lanes import Lanes
+    from agent.loop.watcher import Watcher
+
+    clock = SystemClock()
+    with contextlib.ExitStack() as stack:
+        lanes: list[Agent] = []
+        if settings.claude.config_dirs:
+            lanes.append(stack.enter_context(_claude_lane(settings, clock, events, build)))
+        if settings.codex.enabled:
+            lanes.append(stack.enter_context(_codex_lane(settings, clock, events)))
+        watch = [s.watch_path for lane in lanes for s in lane.stores if s.watch_path is not None]
+        for lane in lanes:
+            log.info("started: %d stores, config %s, state %s", len(lane.stores), config_path,
+                     lane.ledger.path)
+        return Lanes(lanes, events, Watcher(watch, events)).run()
+
+
+@contextmanager
+def _instance(ledger: Ledger) -> Iterator[None]:
     from agent.locks.filelock import InstanceLock
 
-    ledger = ledger_of(settings)
     ledger.ensure()
     instance = InstanceLock(ledger.path)
     try:
@@ -56,41 +86,73 @@ def run_agent(settings: Settings, config_path: Path, events: queue.Queue[object]
         raise AgentAlreadyRunning(
             f"another agent already runs for {ledger.path} (pid {pid}); stop it first",
             pid) from exc
+    try:
+        yield
+    finally:
+        instance.release()
+
+
+def _driver(settings: Settings, coord: Coordinator) -> RefreshDriver | None:
+    if not settings.refresh.enabled:
+        return None
+    from agent.refresh.http import Backoff
+
+    return RefreshDriver(coord, Backoff())
+
+
+@contextmanager
+def _alerting(settings: Settings, ledger: Ledger, clock: Clock,
+              product: Product | None = None) -> Iterator[Alerting]:
+    from agent.notify.alerting import Alerting
+    from agent.notify.alerts import CLAUDE
+    from agent.notify.notifier import build_notifier
+
+    alerting = Alerting(settings.notify, build_notifier(settings.notify), ledger, clock,
+                        product or CLAUDE)
+    try:
+        yield alerting
+    finally:
+        alerting.close()
+
+
+@contextmanager
+def _claude_lane(settings: Settings, clock: Clock, events: queue.Queue[object],
+                 build: StoreBuilder) -> Iterator[Agent]:
     # The loop's modules (watchdog among them) are loaded only by the command that runs it.
     from agent.locks.guard import CliLockGuard
     from agent.loop.agent import Agent
-    from agent.loop.watcher import Watcher
-    from agent.notify.alerting import Alerting
-    from agent.notify.notifier import build_notifier
 
-    clock = SystemClock()
-    try:
-        with coordinator(settings, clock, repair_garbage=True, events=events,
-                         build=build) as coord:
-            coord.records.ensure_salt()
-            stores = coord.stores
-            driver = None
-            if settings.refresh.enabled:
-                from agent.refresh.http import Backoff
+    ledger = ledger_of(settings)
+    with _instance(ledger), \
+            coordinator(settings, clock, repair_garbage=True, events=events,
+                        build=build) as coord, \
+            _alerting(settings, ledger, clock) as alerting:
+        coord.records.ensure_salt()
+        guard = CliLockGuard(settings.claude.config_dirs) \
+            if settings.refresh.enabled and settings.refresh.hold_cli_locks else None
+        agent = Agent(coord.stores, ledger, clock, events, None,
+                      debounce_s=settings.agent.debounce_ms / 1000,
+                      refresh=_driver(settings, coord), alerting=alerting, writer=coord.writer,
+                      guard=guard, cluster=companion(coord))
+        agent.load()
+        yield agent
 
-                driver = RefreshDriver(coord, Backoff())
-            watch = [s.watch_path for s in stores if s.watch_path is not None]
-            alerting = Alerting(settings.notify, build_notifier(settings.notify), ledger, clock)
-            guard = CliLockGuard(settings.claude.config_dirs) \
-                if settings.refresh.enabled and settings.refresh.hold_cli_locks else None
-            agent = Agent(stores, ledger, clock, events, Watcher(watch, events),
-                          debounce_s=settings.agent.debounce_ms / 1000, refresh=driver,
-                          alerting=alerting, writer=coord.writer, guard=guard,
-                          cluster=companion(coord))
-            agent.load()
-            log.info("started: %d stores, config %s, state %s", len(stores), config_path,
-                     ledger.path)
-            try:
-                return agent.run()
-            finally:
-                alerting.close()
-    finally:
-        instance.release()
+
+@contextmanager
+def _codex_lane(settings: Settings, clock: Clock,
+                events: queue.Queue[object]) -> Iterator[Agent]:
+    from agent.loop.agent import Agent
+    from agent.notify.alerts import CODEX
+
+    ledger = codex_ledger_of(settings)
+    with _instance(ledger), codex_coordinator(settings, clock, repair_garbage=True) as coord, \
+            _alerting(settings, ledger, clock, CODEX) as alerting:
+        coord.records.ensure_salt()
+        agent = Agent(coord.stores, ledger, clock, events, None,
+                      debounce_s=settings.agent.debounce_ms / 1000,
+                      refresh=_driver(settings, coord), alerting=alerting, writer=coord.writer)
+        agent.load()
+        yield agent
 
 
 def companion(coord: Coordinator) -> ClusterNode | None:
@@ -152,6 +214,63 @@ def coordinator(settings: Settings, clock: Clock, repair_garbage: bool = False,
         close_stores(stores)
         if node is not None and events is None:
             node.stop()  # the agent's loop stops its own
+
+
+# Codex's access tokens may live for days (the note: 1 h to about 10 d seen): a Codex login
+# is implausible only past 30 days, where Claude's is past [refresh] max_lifetime_s (24 h).
+CODEX_MAX_LIFETIME_S = 30 * 86400.0
+
+
+def codex_ledger_of(settings: Settings) -> Ledger:
+    """The ledger of the Codex login these settings keep (a scope of its own)."""
+    return Ledger(Path(settings.agent.state_dir), settings.codex.homes, provider="codex")
+
+
+class LazyCodexRefresher:
+    """Codex's refresher, built on first use (as LazyRefresher)."""
+
+    def __init__(self, settings: Settings, clock: Clock) -> None:
+        self.settings = settings
+        self.clock = clock
+        self._real: CodexRefresher | None = None
+
+    def prepare(self) -> CodexRefresher:
+        if self._real is None:
+            from agent.codex.refresher import CodexRefresher
+
+            self._real = CodexRefresher.from_sections(self.settings.codex,
+                                                      self.settings.refresh, self.clock)
+        return self._real
+
+    def refresh(self, cred: Credential) -> RefreshResultLike:
+        return self.prepare().refresh(cred)
+
+    def close(self) -> None:
+        if self._real is not None:
+            self._real.close()
+
+
+@contextmanager
+def codex_coordinator(settings: Settings, clock: Clock, repair_garbage: bool = False,
+                      backend: KeychainBackend | None = None) -> Iterator[Coordinator]:
+    """The Codex side's coordinator: its homes' stores, Codex's refresher and schedule (its
+    5-minute window, the access token's own lifetime), no CLI refresh lock (Codex has none:
+    credsync's own lock and journal are what there is)."""
+    from agent.codex.homes import codex_stores
+    from agent.codex.tokens import lifetime_s
+    from agent.loop.build import LazyBackend
+
+    keychain = backend if backend is not None else LazyBackend()
+    stores = codex_stores(settings.codex.homes, keychain, settings.codex.keychain)
+    refresher = LazyCodexRefresher(settings, clock)
+    writer = Reconciler(stores, codex_ledger_of(settings), clock, CODEX_MAX_LIFETIME_S,
+                        repair_garbage)
+    try:
+        yield Coordinator(settings.codex_refresh(), writer, [], refresher, clock,
+                          lifetime_of=lifetime_s)
+    finally:
+        refresher.close()
+        close_stores(stores)
 
 
 def cluster_node(settings: Settings, clock: Clock,
