@@ -215,7 +215,7 @@ def default_codex_homes(env: Mapping[str, str] | None = None) -> list[Path]:
 class CodexSection(Section):
     """OpenAI's Codex CLI: every ``CODEX_HOME`` whose login is kept fresh and in step. The
     refresh timing is ``[refresh]``'s (``at_fraction``, ``jitter``, ``margin_s``) with Codex's
-    own 5-minute window (``client_window_s``, not a setting)."""
+    own 5-minute window (``client_window_s``)."""
 
     homes: list[Path] = Field(
         default_factory=default_codex_homes,
@@ -227,6 +227,10 @@ class CodexSection(Section):
     _token_url_userinfo = field_validator("token_url")(_no_userinfo)
     client_id: str = Field(CODEX_CLIENT_ID, min_length=1, description="a non-empty string")
     keychain: bool = Field(True, description="true or false")
+    # Codex refreshes by itself within 5 minutes of the access token's exp (0.171.0): a
+    # setting only for a Codex that differs (and for the simulated one, on short tokens).
+    client_window_s: float = Field(CODEX_CLIENT_WINDOW_S, ge=0,
+                                   description="seconds, 0 or more (Codex's own window)")
 
     _homes = field_validator("homes", mode="before")(_path_list)
     _unique_homes = field_validator("homes")(_unique)
@@ -235,10 +239,6 @@ class CodexSection(Section):
     def enabled(self) -> bool:
         return bool(self.homes)
 
-    @property
-    def client_window_s(self) -> float:
-        """Codex refreshes by itself within 5 minutes of the access token's ``exp``."""
-        return CODEX_CLIENT_WINDOW_S
 
 
 SinkFormat = Literal["claude", "access-token", "env", "json"]

@@ -381,7 +381,7 @@ def test_listed_homes_expand_and_repeat_once(tmp_path: Path) -> None:
     ('[codex]\ntoken_url = "ftp://h/t"\n', "codex.token_url", "an http(s) URL"),
     ('[codex]\nclient_id = ""\n', "codex.client_id", "a non-empty string"),
     ('[codex]\nkeychain = "maybe"\n', "codex.keychain", "true or false"),
-    ('[codex]\nclient_window_s = 100\n', "codex.client_window_s", UNKNOWN),
+    ('[codex]\nclient_window_s = -1\n', "codex.client_window_s", "seconds, 0 or more"),
 ])
 def test_bad_codex_values_are_one_line(tmp_path: Path, text: str, where: str,
                                        says: str) -> None:

@@ -179,7 +179,8 @@ class CodexWorld:
 
     def _agent(self, server: OAuthServer, homes: Sequence[Path]) -> AgentRun:
         codex = {"homes": [str(h) for h in homes], "token_url": server.url,
-                 "client_id": server.client_id, "keychain": False}
+                 "client_id": server.client_id, "keychain": False,
+                 "client_window_s": self.config.window_s}
         return AgentRun(self.root, [], self.config.refresh_settings(server.url), codex=codex)
 
     def _sessions(self, homes: Sequence[Path], server: OAuthServer) -> list[CodexSession]:
