@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 def test_with_credsync_no_reused_token_no_relogin_one_request_per_rotation() -> None:
     result = run_codex_world(CodexWorldConfig(sessions=4, homes=2, lifetimes=2.5,
                                               lifetime_s=6, agent=True))
-    assert result.errors == []
+    assert not result.errors, result.errors
     assert result.forced_relogins == 0 and result.reused == 0 and result.invalidated == 0
     assert result.revoked_families == 0 and result.invalid_grants == 0
     assert result.session_requests == 0  # every session adopted credsync's login
