@@ -29,9 +29,10 @@ DEFAULT_JSON = Path("bench-results.json")
 ORDER = ("propagation", "sessions", "contention", "idle", "startup", "cluster")
 # The other benchmarks run through their own main(): these are their arguments per mode.
 EXTERNAL_ARGS: dict[str, dict[str, list[str]]] = {
-    "sessions": {"full": [], "quick": ["--lifetimes", "20", "--lifetime-s", "1.5"],
+    "sessions": {"full": [], "quick": ["--lifetimes", "20", "--lifetime-s", "1.5",
+                                       "--codex-lifetimes", "2.5"],
                  "smoke": ["--lifetimes", "2", "--lifetime-s", "1", "--current-only",
-                           "--no-wake"]},
+                           "--no-wake", "--no-codex"]},
     "contention": {"full": [], "quick": ["--rounds", "2"],
                    "smoke": ["--rounds", "1", "--processes", "4"]},
 }

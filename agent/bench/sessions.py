@@ -11,6 +11,10 @@ The "wake" case (``agent.sim.wake``): six simulated 2.1.332 sessions in three di
 agent stopped past the token's expiry and resumed together, every session calling at once,
 without and with credsync. Goal with credsync: 0 forced re-logins, 0 reused refresh tokens; the
 refused first turns and the time from the wake to a live token in every dir are reported.
+
+The "codex" case (``agent.sim.codex_world``): simulated Codex CLI sessions in several homes
+sharing one login (Codex takes no lock around a refresh), without and with credsync. Goal with
+credsync: 0 reused refresh tokens, 0 forced re-logins, 1.00 token requests per rotation.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.bench import kit
+from agent.sim.codex_world import CodexWorldConfig, CodexWorldResult, run_codex_world
 from agent.sim.wake import WakeConfig, WakeResult, run_wake
 from agent.sim.world import WorldConfig, WorldResult, format_results, run_world
 
@@ -37,6 +42,11 @@ class SessionsConfig:
     lifetime_s: float = 3.0
     clis: tuple[bool, ...] = (True, False)  # compare-and-swap: the current CLI, then 2.1.37
     wake: bool = True  # the sleep-and-wake case too
+    codex: bool = True  # Codex CLI sessions too
+    codex_sessions: int = 6
+    codex_homes: int = 3
+    codex_lifetimes: float = 4.0
+    codex_lifetime_s: float = 8.0
 
     def worlds(self) -> list[WorldConfig]:
         return [WorldConfig(sessions=self.sessions, dirs=self.dirs, lifetimes=self.lifetimes,
@@ -74,6 +84,38 @@ def wake_rows(result: kit.Result, run: WakeResult) -> None:
         result.row(run.label, "problem", problem, "none", False)
 
 
+def codex_rows(result: kit.Result, run: CodexWorldResult) -> None:
+    judged = run.agent
+    label = f"{run.label} ({run.sessions} sessions, {run.homes} homes)"
+    for figure, value in (("reused refresh tokens", run.reused),
+                          ("forced re-logins", run.forced_relogins)):
+        result.row(label, figure, str(value), "0" if judged else "",
+                   value == 0 if judged else None)
+    per_rotation = run.requests_per_rotation
+    shown = "-" if per_rotation is None else f"{per_rotation:.2f}"
+    result.row(label, "token requests per rotation", shown, "1.00" if judged else "",
+               (per_rotation == 1.0 and not run.errors) if judged else None)
+    result.row(label, "requests by sessions / adopted reloads",
+               f"{run.session_requests} / {run.adoptions}")
+    for problem in run.errors:
+        result.row(label, "problem", problem, "none", False)
+
+
+def run_codex(result: kit.Result, cfg: SessionsConfig,
+              progress: Callable[[str], None] | None) -> list[CodexWorldResult]:
+    out = []
+    for agent in (False, True):
+        world = CodexWorldConfig(sessions=cfg.codex_sessions, homes=cfg.codex_homes,
+                                 lifetimes=cfg.codex_lifetimes,
+                                 lifetime_s=cfg.codex_lifetime_s, agent=agent)
+        if progress is not None:
+            progress(f"sessions: {world.label}: {world.sessions} sessions, {world.homes} "
+                     f"homes, {world.lifetimes:g} lifetimes of {world.lifetime_s:g} s")
+        out.append(run_codex_world(world))
+        codex_rows(result, out[-1])
+    return out
+
+
 def run_wakes(result: kit.Result, progress: Callable[[str], None] | None) -> list[WakeResult]:
     out = []
     for agent in (False, True):
@@ -99,9 +141,11 @@ def run(cfg: SessionsConfig, progress: Callable[[str], None] | None = None
         runs.append(outcome)
         goal_rows(result, outcome)
     wakes = run_wakes(result, progress) if cfg.wake else []
+    codex = run_codex(result, cfg, progress) if cfg.codex else []
     result.data = {"config": {"sessions": cfg.sessions, "dirs": cfg.dirs,
                               "lifetimes": cfg.lifetimes, "lifetime_s": cfg.lifetime_s},
-                   "runs": [r.to_json() for r in runs], "wake": [w.to_json() for w in wakes]}
+                   "runs": [r.to_json() for r in runs], "wake": [w.to_json() for w in wakes],
+                   "codex": [c.to_json() for c in codex]}
     return result, runs
 
 
@@ -117,6 +161,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--current-only", action="store_true",
                         help="only the current CLI model (skip release 2.1.37)")
     parser.add_argument("--no-wake", action="store_true", help="skip the sleep-and-wake case")
+    parser.add_argument("--no-codex", action="store_true", help="skip the Codex CLI case")
+    parser.add_argument("--codex-lifetimes", type=float, default=4.0,
+                        help="token lifetimes per Codex run")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON,
                         help=f"where to write the figures (default: ./{DEFAULT_JSON})")
     return parser.parse_args(argv)
@@ -125,7 +172,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = SessionsConfig(args.sessions, args.dirs, args.lifetimes, args.lifetime_s,
-                         (True,) if args.current_only else (True, False), not args.no_wake)
+                         (True,) if args.current_only else (True, False), not args.no_wake,
+                         not args.no_codex, codex_lifetimes=args.codex_lifetimes)
     result, runs = run(cfg, lambda line: print(line, file=sys.stderr, flush=True))
     print(format_results(runs))
     print()
