@@ -233,11 +233,21 @@ def quiet_logging(settings: Any) -> None:
 
 @main.command()
 @config_option
-def token(config_path: Path | None) -> None:
+@click.option("--codex", is_flag=True, help="Codex's access token instead of Claude Code's.")
+def token(config_path: Path | None, codex: bool) -> None:
     """Print a valid access token (refreshing under the locks when it is due).
 
     The only command that prints a token. Exit 3 when a re-login is required.
     """
+    if codex:
+        with errors_to_exit():
+            settings, _ = load(config_path)
+            quiet_logging(settings)
+            from agent.loop.runtime import codex_token
+
+            value = codex_token(settings)
+        click.echo(value)
+        return
     with errors_to_exit():
         from agent.cli.tokennote import Note
         from agent.config import config_path as chosen_config

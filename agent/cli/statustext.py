@@ -184,7 +184,34 @@ def summary_lines(status: Status) -> list[str]:
     alert = _dict(status, "alert")
     if alert is not None:
         rows.append(("alert", _alert(alert, status.now)))
+    codex = _dict(status, "codex")
+    if codex is not None:
+        rows.append(("codex", _codex(codex, status.now)))
+        if codex.get("alert"):
+            rows.append(("alert", _alert(codex["alert"], status.now)))
     return [f"{label:<{LABEL_WIDTH}} {value}" for label, value in rows]
+
+
+def _codex(value: dict[str, Any], now: float) -> str:
+    """The Codex login in one line: its state, fingerprint, expiry and next refresh."""
+    text = clean(value.get("login", ""))
+    if value.get("fingerprint"):
+        text += f", {clean(value['fingerprint'])}, expires " \
+                f"{when(from_iso(value.get('expires_at')), now)}"
+    refresh = value.get("refresh")
+    if isinstance(refresh, dict) and refresh.get("next_refresh_at"):
+        text += f", next refresh {when(from_iso(refresh['next_refresh_at']), now)}"
+    homes = value.get("homes") or []
+    return text + f" ({len(homes)} home{'s' if len(homes) != 1 else ''})"
+
+
+_CODEX_NEXT_STEP = {
+    "none": "no Codex login in any home: log in with `codex login`",
+    "expired": "the Codex login has expired: run `credsync token --codex`, or start the agent",
+    "relogin-required": "Codex's refresh was refused: log in again with `codex login`",
+    "logged-out": "Codex was logged out on purpose: log in with `codex login`",
+    "unreadable": "the Codex login's store cannot be read now: see the store rows",
+}
 
 
 def summary_steps(status: Status) -> list[str]:
@@ -192,6 +219,9 @@ def summary_steps(status: Status) -> list[str]:
     login = _LOGIN_NEXT_STEP.get(status.login_state)
     if login:
         steps.append(login)
+    codex_step = _CODEX_NEXT_STEP.get(str((_dict(status, "codex") or {}).get("login")))
+    if codex_step:
+        steps.append(codex_step)
     steps += _agent_steps(status)
     refresh = _dict(status, "refresh") or {}
     if refresh.get("state") in ("retrying", "offline"):
@@ -290,7 +320,7 @@ def mcp_steps(status: Status) -> list[str]:
 
 # --- sections added by other parts, shown generically until they get their own -----------------
 
-_KNOWN_EXTRA = frozenset({"refresh", "login_item", "alert", "login", "cluster"})
+_KNOWN_EXTRA = frozenset({"refresh", "login_item", "alert", "login", "cluster", "codex"})
 
 
 def _plain(value: object) -> str:

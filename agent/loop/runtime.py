@@ -314,6 +314,9 @@ def valid_token(settings: Settings, note: Note | None = None) -> str:
 
     With a ``note`` (``credsync token``), a token handed out without refreshing is remembered
     together with every input it was chosen from, for the next call's fast path."""
+    if not settings.claude.config_dirs:
+        raise RefreshError("the Claude side is off ([claude] config_dirs = []); for Codex's "
+                           "token run credsync token --codex")
     with coordinator(settings, SystemClock()) as coord:
         # The install's jitter salt is written on first use: before the reads, not between them.
         _prepare_ledger(coord)
@@ -326,27 +329,50 @@ def valid_token(settings: Settings, note: Note | None = None) -> str:
             if note is not None and note_allowed(settings):
                 note.remember(token, _fresh_until(settings, coord, best))
             return token
-        if best is None:
-            raise no_login(verdict)
-        outcome = coord.run(best)
-        cred = outcome.credential
-        if outcome.kind in (Kind.RELOGIN, Kind.LOGGED_OUT, Kind.NONE):
-            raise ReloginRequired(_relogin_message(outcome.message))
-        if cred is not None and cred.expires_at > coord.clock.now():
-            return cred.access_token  # refreshed, adopted, or still valid after a failed try
-        raise RefreshError(f"the login has expired and could not be refreshed now "
-                           f"({outcome.message}); credsync will retry")
+        return _refreshed_token(coord, verdict)
 
 
-def no_login(verdict: Verdict) -> Exception:
+def codex_token(settings: Settings) -> str:
+    """``credsync token --codex``: a valid Codex access token, refreshing when it is due."""
+    if not settings.codex.enabled:
+        raise RefreshError("no Codex home is kept: set [codex] homes in the config file (or "
+                           "CODEX_HOME)")
+    with codex_coordinator(settings, SystemClock()) as coord:
+        _prepare_ledger(coord)
+        verdict = coord.verdict()
+        best = verdict.winner
+        token = _fresh(settings, coord, best)
+        if token is not None:
+            return token
+        return _refreshed_token(coord, verdict, CODEX_LOGIN)
+
+
+CLAUDE_LOGIN = "run `claude` and then /login in any session, or `claude auth login`"
+CODEX_LOGIN = "run `codex login`"
+
+
+def _refreshed_token(coord: Coordinator, verdict: Verdict, login: str = CLAUDE_LOGIN) -> str:
+    best = verdict.winner
+    if best is None:
+        raise no_login(verdict, login)
+    outcome = coord.run(best)
+    cred = outcome.credential
+    if outcome.kind in (Kind.RELOGIN, Kind.LOGGED_OUT, Kind.NONE):
+        raise ReloginRequired(_relogin_message(outcome.message, login))
+    if cred is not None and cred.expires_at > coord.clock.now():
+        return cred.access_token  # refreshed, adopted, or still valid after a failed try
+    raise RefreshError(f"the login has expired and could not be refreshed now "
+                       f"({outcome.message}); credsync will retry")
+
+
+def no_login(verdict: Verdict, login: str = CLAUDE_LOGIN) -> Exception:
     """What ``token`` says when the winner rule names no login."""
     if verdict.state is LoginState.UNREADABLE:
         return RefreshError(f"the login cannot be read now ({verdict.reason}); try again")
     if verdict.state is LoginState.LOGGED_OUT:
-        return ReloginRequired("logged out: the login was removed from every config dir; "
-                               "run `claude` and then /login (or `claude auth login`) to log "
-                               "in again")
-    return ReloginRequired(_relogin_message(verdict.reason))
+        return ReloginRequired(f"logged out: the login was removed from every store; {login} "
+                               "to log in again")
+    return ReloginRequired(_relogin_message(verdict.reason, login))
 
 
 def note_inputs(settings: Settings) -> list[str]:
@@ -373,9 +399,8 @@ def _fresh_until(settings: Settings, coord: Coordinator, best: Credential) -> fl
     return min(best.expires_at, coord.deadline(best))
 
 
-def _relogin_message(why: str) -> str:
-    return (f"a re-login is required ({why}): run `claude` and then /login in any session, "
-            "or `claude auth login`")
+def _relogin_message(why: str, login: str = CLAUDE_LOGIN) -> str:
+    return f"a re-login is required ({why}): {login}"
 
 
 def collect_status(settings: Settings, config_path: Path) -> Status:
@@ -403,7 +428,34 @@ def collect_status(settings: Settings, config_path: Path) -> Status:
         cluster = status_of(ledger_of(settings).path, clock.now())
         if cluster is not None:
             status.extra["cluster"] = cluster
+    if not settings.claude.config_dirs:
+        status.login_state = "off"  # [claude] config_dirs = []: nothing of Claude's is kept
+    if settings.codex.enabled:
+        codex_status(settings, config_path, status, clock)
     return status
+
+
+def codex_status(settings: Settings, config_path: Path, status: Status, clock: Clock) -> None:
+    """The Codex side in ``credsync status``: its homes' stores among the rows, its login,
+    refresh and alert in ``extra.codex``."""
+    from agent.cli.status import collect, iso
+    from agent.notify.alerting import load_active_alert
+    from agent.notify.alerts import CODEX
+
+    with codex_coordinator(settings, clock) as coord:
+        codex = collect(coord.writer, str(config_path), clock.now())
+        refresh = refresh_status(settings, coord, codex, clock.now())
+    best = codex.best
+    status.stores.extend(codex.stores)
+    out: dict[str, object] = {
+        "login": codex.login_state, "fingerprint": best.fingerprint if best else None,
+        "expires_at": iso(best.expires_at) if best else None,
+        "reason": codex.extra.get("login", {}).get("reason", ""), "refresh": refresh,
+        "agent": codex.agent_state, "homes": [str(h) for h in settings.codex.homes]}
+    alert = load_active_alert(codex_ledger_of(settings), settings.notify, clock, CODEX)
+    if alert is not None:
+        out["alert"] = {"title": alert.title, "since": iso(alert.since)}
+    status.extra["codex"] = out
 
 
 def refresh_status(settings: Settings, coord: Coordinator, status: Status,

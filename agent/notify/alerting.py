@@ -77,10 +77,11 @@ class Alerting:
         self.notifier.close()
 
 
-def load_active_alert(state: Ledger, settings: NotifySection, clock: Clock) -> Alert | None:
+def load_active_alert(state: Ledger, settings: NotifySection, clock: Clock,
+                      product: Product = CLAUDE) -> Alert | None:
     """The alert as the agent last saved it, for ``credsync status``."""
     text = _saved_text(state)
-    return AlertPolicy.from_json(text, settings, clock).active_alert if text else None
+    return AlertPolicy.from_json(text, settings, clock, product).active_alert if text else None
 
 
 def _saved_text(ledger: Ledger) -> str:

@@ -1,0 +1,105 @@
+"""The Codex side from the command line, as real processes: ``credsync status`` lists each
+home as a store with the Codex login's line, ``credsync token --codex`` prints a valid access
+token (refreshing once, under Codex's write locks, when it is due), and with the Claude side
+off (``[claude] config_dirs = []``) the Claude commands say so in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.codex.tokens import credential_from_auth, parse_time
+from agent.sim.codex_store import login_document
+from agent.sim.server import OAuthServer
+from tests.agentproc import credsync, toml_value
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def server() -> Iterator[OAuthServer]:
+    with OAuthServer(style="codex", access_lifetime_s=3600) as srv:
+        yield srv
+
+
+def setup(tmp: Path, server: OAuthServer, lifetime_s: float | None = None) -> tuple[Path, Path]:
+    home = tmp / "codex"
+    home.mkdir()
+    if lifetime_s is not None:
+        server.set_lifetimes(lifetime_s)
+    doc = login_document(server.issue_login(), 0)
+    doc["future_field"] = {"kept": True}
+    (home / "auth.json").write_text(json.dumps(doc, indent=2))
+    os.chmod(home / "auth.json", 0o600)
+    config = tmp / "config.toml"
+    config.write_text("\n".join([
+        "[agent]", f"state_dir = {toml_value(tmp / 'state')}", "[claude]", "config_dirs = []",
+        "keychain = false", "[refresh]", "jitter = 0", "[codex]",
+        f"homes = [{toml_value(home)}]", f"token_url = {toml_value(server.url)}",
+        f"client_id = {toml_value(server.client_id)}", "keychain = false", ""]))
+    return home, config
+
+
+def env(tmp: Path) -> dict[str, str]:
+    out = {k: v for k, v in os.environ.items()
+           if not k.startswith(("CREDSYNC_", "CODEX_", "CLAUDE_"))}
+    out["HOME"] = str(tmp)
+    return out
+
+
+def login(home: Path):  # type: ignore[no-untyped-def]
+    return credential_from_auth(json.loads((home / "auth.json").read_text()))
+
+
+def test_status_lists_the_codex_home_and_token_prints_its_access_token(
+        tmp_path: Path, server: OAuthServer) -> None:
+    home, config = setup(tmp_path, server)
+    cred = login(home)
+    shown = credsync(["status", "--config", str(config)], env=env(tmp_path))
+    assert shown.returncode == 0, shown.stderr
+    assert f"codex:{home}" in shown.stdout and "codex       ok, " + cred.fingerprint \
+        in shown.stdout
+    assert "login       off" in shown.stdout and "claude auth login" not in shown.stdout
+    js = json.loads(credsync(["status", "--json", "--config", str(config)],
+                             env=env(tmp_path)).stdout)
+    assert js["extra"]["codex"]["login"] == "ok"
+    for out in (shown.stdout, shown.stderr, json.dumps(js)):
+        assert cred.access_token not in out and cred.refresh_token not in out
+    token = credsync(["token", "--codex", "--config", str(config)], env=env(tmp_path))
+    assert token.returncode == 0 and token.stdout == cred.access_token + "\n", token.stderr
+    assert server.stats().token_requests == 0
+
+
+def test_token_codex_refreshes_a_due_login_once_and_keeps_every_key(
+        tmp_path: Path, server: OAuthServer) -> None:
+    home, config = setup(tmp_path, server, lifetime_s=200)  # inside Codex's 5-minute window
+    old = login(home)
+    before = json.loads((home / "auth.json").read_text())
+    token = credsync(["token", "--codex", "--config", str(config)], env=env(tmp_path))
+    assert token.returncode == 0, token.stderr
+    after = json.loads((home / "auth.json").read_text())
+    new = credential_from_auth(after)
+    assert new is not None and new.access_token == token.stdout.strip()
+    assert new.refresh_token != old.refresh_token and server.check_access(new.access_token)
+    assert after["future_field"] == {"kept": True} and after["OPENAI_API_KEY"] is None
+    assert parse_time(after["last_refresh"]) > parse_time(before["last_refresh"])  # type: ignore
+    assert stat.S_IMODE(os.stat(home / "auth.json").st_mode) == 0o600
+    assert (home / "auth.lock").exists()  # written under Codex's own lock
+    again = credsync(["token", "--codex", "--config", str(config)], env=env(tmp_path))
+    assert again.stdout == token.stdout
+    stats = server.stats()
+    assert stats.token_requests == 1 and stats.invalid_grants == 0
+
+
+def test_with_the_claude_side_off_claude_s_token_says_so_in_one_line(
+        tmp_path: Path, server: OAuthServer) -> None:
+    _, config = setup(tmp_path, server)
+    done = credsync(["token", "--config", str(config)], env=env(tmp_path))
+    assert done.returncode != 0 and done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "config_dirs = []" in lines[0] and "--codex" in lines[0]
