@@ -103,3 +103,26 @@ def test_with_the_claude_side_off_claude_s_token_says_so_in_one_line(
     assert done.returncode != 0 and done.stdout == ""
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "config_dirs = []" in lines[0] and "--codex" in lines[0]
+
+
+def test_doctor_has_codex_lines_with_their_fixes_and_no_token(
+        tmp_path: Path, server: OAuthServer) -> None:
+    home, config = setup(tmp_path, server)
+    cred = login(home)
+    e = {**env(tmp_path), "CODEX_HOME": str(tmp_path / "elsewhere")}
+    done = credsync(["doctor", "--config", str(config)], env=e)
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("ok") and "codex login" in line and cred.fingerprint in line
+               for line in lines), done.stdout
+    assert any(line.startswith("ok") and f"Codex login in {home}" in line for line in lines)
+    assert any("codex endpoint" in line for line in lines)
+    # sessions from this shell use another CODEX_HOME: named, with the setting that fixes it
+    wrong = [i for i, line in enumerate(lines) if "codex environment" in line]
+    assert wrong and lines[wrong[0]].startswith("fail"), done.stdout
+    assert "[codex] homes" in done.stdout
+    assert "claude auth login" not in done.stdout  # the Claude side is off on purpose
+    (home / "auth.json").unlink()  # logged out (Codex's logout deletes the file)
+    after = credsync(["doctor", "--config", str(config)], env=env(tmp_path))
+    assert after.returncode == 1 and "codex login" in after.stdout
+    for out in (done.stdout, done.stderr, after.stdout, after.stderr):
+        assert cred.access_token not in out and cred.refresh_token not in out

@@ -49,13 +49,18 @@ def current_platform() -> Platform:
                        "your session's startup scripts instead")
 
 
-def carried_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The variables that choose the CLI's config dir, as the login item must set them: its
-    agent starts without this shell's environment, and would otherwise watch ~/.claude. A
-    relative value is made absolute here (the agent starts in another directory)."""
+CODEX_DIR_VARS = ("CODEX_HOME",)
+
+
+def carried_environment(env: Mapping[str, str] | None = None,
+                        names: tuple[str, ...] = paths.CLAUDE_DIR_VARS) -> dict[str, str]:
+    """The variables that choose the CLI's config dir (or Codex's home), as the login item
+    must set them: its agent starts without this shell's environment, and would otherwise
+    watch ~/.claude (~/.codex). A relative value is made absolute here (the agent starts in
+    another directory)."""
     env = os.environ if env is None else env
     return {name: os.path.abspath(os.path.expanduser(env[name])) if env[name] else ""
-            for name in paths.CLAUDE_DIR_VARS if name in env}
+            for name in names if name in env}
 
 
 def build_installer(log_file: Path | None, config: Path | None = None,
@@ -82,8 +87,11 @@ def installer_for(settings: Settings, found: Path, explicit: Path | None,
     pinned = found if chosen and found.is_file() else None
     # Only when the config does not list the dirs: then the variables chose them.
     chosen_by_env = "config_dirs" not in settings.claude.model_fields_set
+    environment = carried_environment() if chosen_by_env else {}
+    if "homes" not in settings.codex.model_fields_set:  # Codex's homes came from CODEX_HOME
+        environment.update(carried_environment(names=CODEX_DIR_VARS))
     return build_installer(settings.agent.log_file, pinned, runner=runner,
-                           environment=carried_environment() if chosen_by_env else {})
+                           environment=environment)
 
 
 def login_item_status(settings: Settings | None = None,

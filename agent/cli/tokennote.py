@@ -43,7 +43,8 @@ VERSION = 2  # 2: environment values are keyed digests, never the values
 MAX_NOTE_BYTES = 1_000_000
 MAX_INPUT_BYTES = 4_000_000  # the state dir's own limit
 # What platformdirs and ``~`` expansion read, and the variables that name the config dirs.
-ENV_NAMES = ("APPDATA", "CLAUDE_CONFIG_DIR", "CLAUDE_SECURESTORAGE_CONFIG_DIR", "HOME",
+ENV_NAMES = ("APPDATA", "CLAUDE_CONFIG_DIR", "CLAUDE_SECURESTORAGE_CONFIG_DIR", "CODEX_HOME",
+             "HOME",
              "HOMEDRIVE", "HOMEPATH", "LOCALAPPDATA", "LOGNAME", "PYTHON_KEYRING_BACKEND",
              "USER", "USERNAME", "USERPROFILE")
 ENV_PREFIXES = ("XDG_", "CREDSYNC_")

@@ -30,6 +30,7 @@ from agent.cli.status import Status
 from agent.cli.statustext import clean
 from agent.clock import Clock
 from agent.config import Settings
+from agent.doctor.codex import codex_environment_check, codex_login_check, renamed
 from agent.doctor.files import config_checks, credential_file_check
 from agent.doctor.locks import lock_checks
 from agent.doctor.login import login_checks, mcp_checks, store_checks
@@ -97,12 +98,23 @@ class Doctor:
         endpoint, answer = endpoint_check(settings.refresh.token_url, settings.refresh.enabled,
                                           self.endpoint)
         checks += [endpoint, clock_check(self.clock, answer)]
-        checks += environment_checks(self.env, dirs, self.config_file,
-                                     settings.claude.securestorage_dir)
+        if dirs:  # [claude] config_dirs = []: the Claude side is off on purpose
+            checks += environment_checks(self.env, dirs, self.config_file,
+                                         settings.claude.securestorage_dir)
+        if settings.codex.enabled:
+            checks += self._codex(settings, status)
         if status is not None:
             checks += mcp_checks(status.mcp)
         return checks
 
+
+    def _codex(self, settings: Settings, status: Status | None) -> list[Check]:
+        checks = codex_login_check(status) if status is not None else []
+        checks += codex_environment_check(self.env, list(settings.codex.homes),
+                                          self.config_file)
+        endpoint, _ = endpoint_check(settings.codex.token_url, settings.refresh.enabled,
+                                     self.endpoint)
+        return [*checks, renamed(endpoint, "codex endpoint", "[codex] token_url")]
 
     def _status(self, settings: Settings) -> tuple[Status | None, list[Check]]:
         if self.status is None:

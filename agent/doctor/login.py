@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from agent.cli.status import Status, StoreStatus
 from agent.cli.statustext import clean, from_iso, when
+from agent.doctor.codex import codex_store_fix, is_codex
 from agent.doctor.model import Check, fail, ok, warn
 from agent.mcp import CLEARED, MISSING, UNREADABLE, McpKey
 
@@ -25,6 +26,8 @@ def login_checks(status: Status) -> list[Check]:
     best = status.best
     state = status.login_state
     reason = clean((status.extra.get("login") or {}).get("reason", ""))
+    if state == "off":
+        return [ok("login", "off: [claude] config_dirs = [] (Claude Code's login is not kept)")]
     if state == "ok" and best is not None:
         first = ok("login", f"ok, {best.fingerprint}, expires {when(best.expires_at, status.now)}")
     else:
@@ -34,7 +37,7 @@ def login_checks(status: Status) -> list[Check]:
 
 
 def _one_login(status: Status) -> Check:
-    holders = [s for s in status.stores if s.role == "holder"]
+    holders = [s for s in status.stores if s.role == "holder" and not is_codex(s.kind)]
     prints = {s.fingerprint for s in holders if s.state in ("in-sync", "stale") and s.fingerprint}
     if len(prints) <= 1:
         return ok("one login", f"one login at most across {len(holders)} config dir"
@@ -56,6 +59,8 @@ def store_checks(status: Status) -> list[Check]:
 def _name(s: StoreStatus) -> str:
     if s.kind == "claude-file":
         return f"login in {clean(s.name.removeprefix('file:'))}"
+    if is_codex(s.kind):
+        return f"Codex login in {clean(s.name.removeprefix('codex:'))}"
     return "keychain copy" if s.name == "keychain" else clean(s.name)
 
 
@@ -69,6 +74,9 @@ def _store(s: StoreStatus, status: Status, running: bool) -> Check:
         return ok(name, f"in step ({s.fingerprint}, expires {expires})")
     if s.state == "error":
         return fail(name, detail or "cannot be read", _error_fix(s))
+    if is_codex(s.kind) and s.state in ("error", "logged-out"):
+        level = fail if s.state == "error" else warn
+        return level(name, detail or s.state, codex_store_fix(s.state, s.location))
     if s.state == "logged-out":
         return warn(name, "logged out on purpose (credsync leaves it so)",
                     f"to use it again: `CLAUDE_CONFIG_DIR={clean(s.location)} claude`, then "

@@ -97,7 +97,7 @@ def build_stores(settings: Settings, backend: KeychainBackend | None = None,
         # The CLI's own store there: watched even with `keychain = false` (then never written).
         stores.extend(macos_stores(settings, security=security,
                                    read_only=not settings.claude.keychain))
-    elif settings.claude.keychain:
+    elif settings.claude.keychain and settings.claude.config_dirs:
         # credsync's own copy (Secret Service, or Credential Manager item "credsync" on
         # Windows); never one of Claude Code's items.
         from agent.stores.keychain import keychain_stores
