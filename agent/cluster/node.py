@@ -192,7 +192,9 @@ class ClusterNode:
     def stop(self) -> None:
         self.flush()
         if self._subscriber is not None:
-            self._subscriber.stop()
+            # Briefly: the thread is a daemon that touches nothing of the agent's, and the
+            # service manager gives the whole stop 2 s.
+            self._subscriber.stop(0.3)
         self.client.close()
 
     def owns(self, event: object) -> bool:

@@ -37,6 +37,7 @@ log = logging.getLogger("credsync.cluster")
 # connection costs next to nothing.
 BACKOFF_S = (0.2, 1.0, 2.0, 4.0)
 SLICE_S = 0.25
+LISTEN_S = 1.0  # the longest wait for a message while listening
 
 
 class Subscriber:
@@ -63,7 +64,7 @@ class Subscriber:
         self._thread = threading.Thread(target=self._run, name="credsync-cluster", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout_s: float = 0.5) -> None:
+    def stop(self, timeout_s: float = LISTEN_S + 0.5) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
@@ -121,10 +122,9 @@ class Subscriber:
             # Never past the echo's deadline or the next echo: a half-open link is found
             # within echo_every_s + echo_deadline_s, not a slice later.
             due = waiting[1] + self.echo_deadline_s if waiting is not None else next_echo
-            # Up to the next echo (2 s), not a short slice: an idle member wakes about 60
-            # times a minute, not 300. A stop is seen at the latest then (stop() waits less:
-            # the thread is a daemon and touches nothing of the agent's).
-            wait = max(0.005, due - self.clock.monotonic())
+            # Up to the next echo, at most LISTEN_S, not a short slice: an idle member wakes
+            # about 60 times a minute, not 300, and a stop is still seen within a second.
+            wait = min(LISTEN_S, max(0.005, due - self.clock.monotonic()))
             message = sub.get(wait)
             if message is not None:
                 if message.kind == "pong" and waiting and message.data.decode() == waiting[0]:

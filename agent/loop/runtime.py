@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     from agent.cli.status import Status
     from agent.cli.tokennote import Note
     from agent.cluster.node import ClusterNode
-    from agent.codex.refresher import CodexRefresher
     from agent.config import Settings
     from agent.loop.agent import Agent
     from agent.notify.alerting import Alerting
@@ -166,19 +165,27 @@ def companion(coord: Coordinator) -> ClusterNode | None:
 
 class LazyRefresher:
     """The HTTP refresher, built on first use: `credsync token` with a fresh token never imports
-    httpx (start-up time matters for a command run by every session)."""
+    httpx (start-up time matters for a command run by every session). Claude Code's by
+    default; ``codex=True``, Codex's (its endpoint, client and request)."""
 
-    def __init__(self, settings: Settings, clock: Clock) -> None:
+    def __init__(self, settings: Settings, clock: Clock, codex: bool = False) -> None:
         self.settings = settings
         self.clock = clock
+        self.codex = codex
         self._real: HttpRefresher | None = None
 
     def prepare(self) -> HttpRefresher:
         """Build the HTTP client now (the coordinator calls this before journaling a token)."""
         if self._real is None:
-            from agent.refresh.http import HttpRefresher
+            if self.codex:
+                from agent.codex.refresher import CodexRefresher
 
-            self._real = HttpRefresher.from_settings(self.settings.refresh, self.clock)
+                self._real = CodexRefresher.from_sections(self.settings.codex,
+                                                          self.settings.refresh, self.clock)
+            else:
+                from agent.refresh.http import HttpRefresher
+
+                self._real = HttpRefresher.from_settings(self.settings.refresh, self.clock)
         return self._real
 
     def refresh(self, cred: Credential) -> RefreshResultLike:
@@ -226,30 +233,6 @@ def codex_ledger_of(settings: Settings) -> Ledger:
     return Ledger(Path(settings.agent.state_dir), settings.codex.homes, provider="codex")
 
 
-class LazyCodexRefresher:
-    """Codex's refresher, built on first use (as LazyRefresher)."""
-
-    def __init__(self, settings: Settings, clock: Clock) -> None:
-        self.settings = settings
-        self.clock = clock
-        self._real: CodexRefresher | None = None
-
-    def prepare(self) -> CodexRefresher:
-        if self._real is None:
-            from agent.codex.refresher import CodexRefresher
-
-            self._real = CodexRefresher.from_sections(self.settings.codex,
-                                                      self.settings.refresh, self.clock)
-        return self._real
-
-    def refresh(self, cred: Credential) -> RefreshResultLike:
-        return self.prepare().refresh(cred)
-
-    def close(self) -> None:
-        if self._real is not None:
-            self._real.close()
-
-
 @contextmanager
 def codex_coordinator(settings: Settings, clock: Clock, repair_garbage: bool = False,
                       backend: KeychainBackend | None = None) -> Iterator[Coordinator]:
@@ -262,7 +245,7 @@ def codex_coordinator(settings: Settings, clock: Clock, repair_garbage: bool = F
 
     keychain = backend if backend is not None else LazyBackend()
     stores = codex_stores(settings.codex.homes, keychain, settings.codex.keychain)
-    refresher = LazyCodexRefresher(settings, clock)
+    refresher = LazyRefresher(settings, clock, codex=True)
     writer = Reconciler(stores, codex_ledger_of(settings), clock, CODEX_MAX_LIFETIME_S,
                         repair_garbage)
     try:
