@@ -20,4 +20,6 @@ python=${PYTHON:-python3}
 .venv/bin/python -m pip install -q -e ".[test]"
 .venv/bin/ruff check agent tests
 .venv/bin/mypy
-exec .venv/bin/python -m pytest -q -m "slow or not slow" "$@"
+# -n 2 (pytest-xdist): most tests wait on processes, servers and timers; two workers halve
+# the wall time (about 8 min instead of 16 on 2 cores).
+exec .venv/bin/python -m pytest -q -n 2 -m "slow or not slow" "$@"

@@ -15,6 +15,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
@@ -74,13 +75,15 @@ def make_installer(tmp_path: Path, platform: Platform, runner: FakeRunner | None
 
 
 def systemd_verify(unit: Path, tmp_path: Path) -> tuple[int, str]:
-    runtime = tmp_path / "xdg-runtime"
-    runtime.mkdir(mode=0o700, exist_ok=True)
-    os.chmod(runtime, 0o700)  # systemd-analyze --user refuses a runtime dir others can enter
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path),
-           "XDG_RUNTIME_DIR": str(runtime), "SYSTEMD_COLORS": "0"}
-    done = subprocess.run([SYSTEMD_ANALYZE, "--user", "verify", str(unit)], env=env,
-                          capture_output=True, text=True, timeout=60, check=False)
+    # A short runtime dir of its own: the user units systemd-analyze loads put sockets in it,
+    # and a socket path has a 108-byte limit that a test's tmp_path (deeper under xdist) passes.
+    with tempfile.TemporaryDirectory(prefix="rt-") as short:
+        runtime = Path(short)
+        os.chmod(runtime, 0o700)  # systemd-analyze --user refuses a runtime dir others can enter
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path),
+               "XDG_RUNTIME_DIR": str(runtime), "SYSTEMD_COLORS": "0"}
+        done = subprocess.run([SYSTEMD_ANALYZE, "--user", "verify", str(unit)], env=env,
+                              capture_output=True, text=True, timeout=60, check=False)
     return done.returncode, (done.stdout + done.stderr).strip()
 
 
