@@ -308,3 +308,20 @@ def test_a_cluster_member_offline_says_since_when_and_what_to_do() -> None:
     assert _steps(status) == [
         "next step: the cluster's Redis cannot be reached, so no machine refreshes (sessions "
         "keep their token): check that Redis runs and `credsync cluster status`"]
+
+
+def test_codex_only_the_claude_side_off() -> None:
+    status = healthy(login_state="off", best=None, stores=[
+        row("codex:/home/u/.codex", kind="codex-file")], extra={
+        "refresh": {"enabled": True, "lifetime_s": 28800.0, "lifetime_source": "nominal"},
+        "login": {"reason": "no login in any config dir"},
+        "codex": {"login": "ok", "fingerprint": FP, "expires_at": iso(NOW + 3600),
+                  "refresh": {"next_refresh_at": iso(NOW + 1800)},
+                  "homes": ["/home/u/.codex"]}})
+    screen = _screen(status)
+    assert screen[:4] == ["config      " + CONFIG, "agent       running (pid 4242)",
+                          "login       off",
+                          f"codex       ok, {FP}, expires in 1 h, next refresh in 30 min "
+                          "(1 home)"]
+    assert f"  codex:/home/u/.codex  in-sync  {FP}  in 5 h 12 min  Codex's own" in screen
+    assert _steps(status) == []  # off on purpose, and Codex is fine: nothing to do

@@ -171,10 +171,11 @@ def summary_lines(status: Status) -> list[str]:
     rows = [("config", clean(status.config_file)), ("agent", _agent(status)),
             ("login", _login(status))]
     reason = (_dict(status, "login") or {}).get("reason")
-    if reason and status.login_state != "ok":
+    off = status.login_state == "off"  # [claude] config_dirs = []: nothing of Claude's kept
+    if reason and status.login_state != "ok" and not off:
         rows.append(("why", clean(reason)))
     refresh = _dict(status, "refresh")
-    if refresh is not None:
+    if refresh is not None and not off:
         rows.append(("refresh", _refresh(refresh, status.now)))
     item = _dict(status, "login_item")
     if item is not None:
@@ -269,11 +270,21 @@ def _shows_detail(s: StoreStatus) -> bool:
     return s.state in _TROUBLE or bool(s.detail and s.role == "holder" and s.state != "in-sync")
 
 
+def _role(s: StoreStatus) -> str:
+    """Whose store it is, in words: the CLI's own (Claude Code's or Codex's), the cluster's,
+    credsync's copy, or a sink."""
+    if s.kind.startswith("codex") and s.role == "holder":
+        return "Codex's own"
+    if s.kind == "cluster":
+        return "the cluster's"
+    return ROLE_WORDS.get(s.role, clean(s.role))
+
+
 def store_lines(status: Status) -> list[str]:
     rows = [["stores", "state", "login", "expires", "kind"]]
     for s in status.stores:
         row = ["  " + clean(s.name), clean(s.state), clean(s.fingerprint or "-"),
-               _expiry(s, status.now), ROLE_WORDS.get(s.role, clean(s.role))]
+               _expiry(s, status.now), _role(s)]
         if _shows_detail(s):
             row.append(_store_detail(s))
         rows.append(row)
