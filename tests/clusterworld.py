@@ -30,6 +30,16 @@ CLUSTER = {"quarantine_s": 3, "claim_valid_s": 3, "heartbeat_s": 1, "echo_every_
            "echo_deadline_s": 0.5, "connect_timeout_s": 1, "socket_timeout_s": 1}
 
 
+def libfaketime() -> str:
+    """Debian's libfaketime (the `faketime` package the test set-up installs)."""
+    for candidate in ("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+                      "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+                      "/usr/lib/faketime/libfaketime.so.1"):
+        if os.path.exists(candidate):
+            return candidate
+    raise AssertionError("libfaketime is not installed (apt-get install faketime)")
+
+
 @dataclass
 class Machine:
     name: str
@@ -42,13 +52,16 @@ class Machine:
     def env(self) -> dict[str, str]:
         env = machine_env(self.home)
         if self.skew_s:
-            # libfaketime: this machine's wall clock is off; its monotonic clock is not.
-            env["FAKETIME_DONT_FAKE_MONOTONIC"] = "1"
+            # libfaketime preloaded into the agent itself: this machine's wall clock is off, its
+            # monotonic clock is not. (Not the faketime wrapper: it runs the agent as a child
+            # of its own, which SIGTERM to the wrapper leaves running.)
+            env.update(LD_PRELOAD=libfaketime(), FAKETIME=f"{self.skew_s:+g}s",
+                       FAKETIME_DONT_FAKE_MONOTONIC="1")
         return env
 
     @property
     def prefix(self) -> list[str]:
-        return ["faketime", "-f", f"{self.skew_s:+g}s"] if self.skew_s else []
+        return []
 
     @property
     def cred_file(self) -> Path:
