@@ -252,3 +252,24 @@ def test_one_shot_refresh_and_token_on_members_go_through_the_cluster(world: Wor
     stats = world.server.stats()
     assert stats.token_requests == 1 and stats.invalid_grants == 0
     assert leaked(world.redis_texts(), world.server.issued_tokens()) == []
+
+
+def test_a_member_whose_cluster_key_is_gone_hands_out_its_token_but_never_refreshes_alone(
+        world: World) -> None:
+    a = world.add("a")
+    world.add("b")
+    world.form()
+    from agent.ledger import scope_dir
+
+    (scope_dir(a.state_dir) / "cluster.key").unlink()
+    fresh = world.login(a)  # 6 s tokens: fresh now, due within seconds
+    token = credsync(["token", "--config", str(a.config)], env=a.env)
+    assert token.returncode == 0 and token.stdout.strip() == fresh.access_token, token.stderr
+    world.login(a, expires_in_s=1)
+    due = credsync(["refresh", "--config", str(a.config)], env=a.env)
+    assert due.returncode != 0 and "cluster cannot be opened" in due.stdout + due.stderr
+    assert world.server.stats().token_requests == 0
+    run = credsync(["run", "--config", str(a.config)], env=a.env, timeout=30)
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode != 0 and lines and lines[-1].startswith("credsync: ")
+    assert "cluster.key" in lines[-1] and "Traceback" not in run.stderr

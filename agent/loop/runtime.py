@@ -15,6 +15,7 @@ from agent.clock import Clock, SystemClock
 from agent.credential import Credential
 from agent.errors import (
     AgentAlreadyRunning,
+    ClusterError,
     LockError,
     RefreshError,
     ReloginRequired,
@@ -24,6 +25,7 @@ from agent.ledger import Ledger
 from agent.loop.build import build_stores, close_stores, ledger_of
 from agent.reconcile import Reconciler
 from agent.refresh.coordinator import Coordinator, Kind, Outcome, RefreshDriver, RefreshResultLike
+from agent.refresh.peers import Claim, Hold, Peers
 from agent.stores.base import Store
 from agent.stores.claude_file import ClaudeFileStore
 from agent.winner import LoginState, Verdict
@@ -205,17 +207,26 @@ def coordinator(settings: Settings, clock: Clock, repair_garbage: bool = False,
     a cluster gets the cluster as one more store and as the coordinator's peers; the
     agent's ``events`` get the cluster's events."""
     stores = build(settings)
-    node = cluster_node(settings, clock, events)
+    peers: Peers | None = None
+    try:
+        node = cluster_node(settings, clock, events)
+    except ClusterError as exc:
+        if events is not None:
+            raise  # `credsync run`: a member whose cluster cannot be opened says so and stops
+        # A one-shot command (token, status, refresh) still reads the local stores and hands
+        # out a valid token, but never refreshes without the cluster's claim.
+        node, peers = None, NoClusterPeers(str(exc))
     if node is not None:
         from agent.stores.cluster import ClusterStore
 
         stores.append(ClusterStore(node))
+        peers = node
     refresher = LazyRefresher(settings, clock)
     writer = Reconciler(stores, ledger_of(settings), clock, settings.refresh.max_lifetime_s,
                         repair_garbage)
     try:
         yield Coordinator(settings.refresh, writer, settings.claude.config_dirs, refresher,
-                          clock, peers=node)
+                          clock, peers=peers)
     finally:
         refresher.close()
         close_stores(stores)
@@ -254,6 +265,39 @@ def codex_coordinator(settings: Settings, clock: Clock, repair_garbage: bool = F
     finally:
         refresher.close()
         close_stores(stores)
+
+
+class NoClusterPeers:
+    """The peers of a member whose cluster cannot be opened (its key or membership file is
+    damaged): nothing is ever sent, with the reason."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+    def hold(self, now: float) -> Hold:
+        return Hold(f"this machine's cluster cannot be opened ({self.why}); not refreshing "
+                    "without it", 60.0)
+
+    def check(self) -> bool:
+        return False
+
+    def claim(self, cred: Credential) -> Hold:
+        return self.hold(0.0)
+
+    def expired(self, claim: Claim) -> bool:
+        return True
+
+    def sent(self, claim: Claim, new: Credential, expires_in: float | None) -> None:
+        pass
+
+    def unsent(self, claim: Claim) -> None:
+        pass
+
+    def lost(self, claim: Claim) -> None:
+        pass
+
+    def lost_token(self, cred: Credential) -> None:
+        pass
 
 
 def cluster_node(settings: Settings, clock: Clock,
