@@ -141,6 +141,7 @@ class World:
     lifetime_s: float
     machines: list[Machine] = field(default_factory=list)
     urls: dict[str, str] = field(default_factory=dict)  # a machine's own way to Redis
+    tap: Tap | None = None  # every message on the cluster's channels (the fixture's)
 
     def add(self, name: str, skew_s: float = 0.0, url: str | None = None,
             cluster: dict[str, Any] | None = None,
@@ -244,15 +245,15 @@ def leaked(texts: list[bytes], tokens: list[str]) -> list[str]:
 
 
 class Tap:
-    """Every message published on the cluster's channels while it runs (a raw subscriber)."""
+    """Every message published on the cluster's channels while it runs (a raw subscriber that
+    subscribes again whenever Redis is killed and comes back: a restart loses no scan)."""
 
     def __init__(self, port: int) -> None:
         import threading
 
-        self._redis = raw_redis(port)
-        self._pubsub = self._redis.pubsub()
-        self._pubsub.psubscribe("cs:*")
+        self.port = port
         self.messages: list[bytes] = []
+        self.subscriptions = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -261,15 +262,20 @@ class Tap:
         import redis
 
         while not self._stop.is_set():
+            client = raw_redis(self.port)
             try:
-                msg = self._pubsub.get_message(timeout=0.2)
+                pubsub = client.pubsub()
+                pubsub.psubscribe("cs:*")
+                self.subscriptions += 1
+                while not self._stop.is_set():
+                    msg = pubsub.get_message(timeout=0.2)
+                    if msg and msg.get("type") == "pmessage":
+                        self.messages.append(msg["data"])
             except (redis.exceptions.RedisError, OSError):
-                return  # Redis was killed: the test makes a new tap
-            if msg and msg.get("type") == "pmessage":
-                self.messages.append(msg["data"])
+                self._stop.wait(0.1)  # Redis is down: try again until the tap is closed
+            finally:
+                client.close()
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(2)
-        self._pubsub.close()
-        self._redis.close()
+        self._thread.join(3)

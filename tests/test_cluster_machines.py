@@ -32,20 +32,23 @@ def world(tmp_path: Path) -> Iterator[World]:
     with running(tmp_path / "redis") as redis, \
             OAuthServer(access_lifetime_s=LIFETIME_S) as server:
         w = World(tmp_path, redis, server, LIFETIME_S)
+        w.tap = Tap(redis.port)  # every message of the whole run, Redis restarts included
         try:
             yield w
         finally:
+            w.tap.close()
             w.stop()
 
 
-def check_end(world: World, tap: Tap | None = None, min_rotations: int = 2) -> None:
+def check_end(world: World, min_rotations: int = 2) -> None:
     world.wait_live(10)
     stats = world.server.stats()
     assert stats.invalid_grants == 0 and stats.revoked_families == 0, (stats, world.logs())
     assert stats.rotations >= min_rotations, (stats, world.logs())
     assert stats.token_requests == stats.rotations, (stats, world.logs())
     tokens = world.server.issued_tokens()
-    texts = world.redis_texts() + (tap.messages if tap is not None else [])
+    assert world.tap is not None and world.tap.messages, "the tap heard nothing"
+    texts = world.redis_texts() + world.tap.messages
     assert texts, "the scan saw nothing: it would find nothing either"
     assert leaked(texts, tokens) == []
 
@@ -56,14 +59,10 @@ def test_three_machines_no_faults_one_request_per_rotation(world: World) -> None
     world.add("c")
     world.form()
     world.login(a)
-    tap = Tap(world.redis.port)
-    try:
-        world.start()
-        world.wait_live(10, "the login on a reaching b and c (which had none)")
-        world.run_for(10)
-        check_end(world, tap)
-    finally:
-        tap.close()
+    world.start()
+    world.wait_live(10, "the login on a reaching b and c (which had none)")
+    world.run_for(10)
+    check_end(world)
 
 
 def claimer(world: World) -> Machine | None:
