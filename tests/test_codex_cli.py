@@ -126,3 +126,17 @@ def test_doctor_has_codex_lines_with_their_fixes_and_no_token(
     assert after.returncode == 1 and "codex login" in after.stdout
     for out in (done.stdout, done.stderr, after.stdout, after.stderr):
         assert cred.access_token not in out and cred.refresh_token not in out
+
+
+def test_status_of_a_codex_only_agent_says_it_runs(tmp_path: Path, server: OAuthServer) -> None:
+    from tests.agentproc import AgentProcess, wait_for
+
+    _, config = setup(tmp_path, server)
+    agent = AgentProcess(config, env(tmp_path))
+    try:
+        def running() -> bool:
+            out = credsync(["status", "--json", "--config", str(config)], env=env(tmp_path))
+            return json.loads(out.stdout)["agent"]["state"] == "running"
+        wait_for(running, 20, "status to see the Codex-only agent running", interval_s=0.3)
+    finally:
+        agent.stop()

@@ -474,6 +474,10 @@ def codex_status(settings: Settings, config_path: Path, status: Status, clock: C
         refresh = refresh_status(settings, coord, codex, clock.now())
     best = codex.best
     status.stores.extend(codex.stores)
+    if not settings.claude.config_dirs:
+        # Only the Codex lane runs: whether the agent runs is its scope's to say.
+        status.running, status.pid, status.agent_state = \
+            codex.running, codex.pid, codex.agent_state
     out: dict[str, object] = {
         "login": codex.login_state, "fingerprint": best.fingerprint if best else None,
         "expires_at": iso(best.expires_at) if best else None,
