@@ -191,12 +191,13 @@ def _token_text(value: str) -> bool:
     return all(ch.isprintable() and not ch.isspace() for ch in value)
 
 
-def parse_document(raw: bytes) -> tuple[Reading, dict[str, Any] | None]:
-    """Parse a whole CLI credential document; return the reading and the document object."""
+def parse_object(raw: bytes) -> dict[str, Any] | Reading:
+    """A JSON document whose top level is an object: the object, or the INVALID reading that
+    says why not. Shared by every file credsync reads a login from."""
     if len(raw) > MAX_DOCUMENT_BYTES:
-        return Reading(ReadState.INVALID, detail=f"over {MAX_DOCUMENT_BYTES} bytes"), None
+        return Reading(ReadState.INVALID, detail=f"over {MAX_DOCUMENT_BYTES} bytes")
     if not raw.strip():
-        return Reading(ReadState.INVALID, detail="empty file"), None
+        return Reading(ReadState.INVALID, detail="empty file")
     try:
         # Each number keeps its source text: a rewrite must give the CLI back what it wrote.
         doc = jsondoc.loads(raw)
@@ -205,11 +206,19 @@ def parse_document(raw: bytes) -> tuple[Reading, dict[str, Any] | None]:
         # A cut inside a string is reported at the string's start, not at the end.
         cut = exc.pos >= len(exc.doc.rstrip()) or exc.msg.startswith("Unterminated string")
         return Reading(ReadState.INVALID, detail="truncated JSON" if cut else
-                       f"not JSON ({type(exc).__name__})"), None
+                       f"not JSON ({type(exc).__name__})")
     except (ValueError, RecursionError) as exc:
-        return Reading(ReadState.INVALID, detail=f"not JSON ({type(exc).__name__})"), None
+        return Reading(ReadState.INVALID, detail=f"not JSON ({type(exc).__name__})")
     if not isinstance(doc, dict):
-        return Reading(ReadState.INVALID, detail="top level is not an object"), None
+        return Reading(ReadState.INVALID, detail="top level is not an object")
+    return doc
+
+
+def parse_document(raw: bytes) -> tuple[Reading, dict[str, Any] | None]:
+    """Parse a whole CLI credential document; return the reading and the document object."""
+    doc = parse_object(raw)
+    if isinstance(doc, Reading):
+        return doc, None
     return reading_from_document(doc), doc
 
 

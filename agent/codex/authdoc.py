@@ -12,13 +12,12 @@ cleared form: Codex never blanks its store.
 from __future__ import annotations
 
 import enum
-import json
 from collections.abc import Mapping
 from typing import Any
 
 from agent import jsondoc
 from agent.codex.tokens import credential_from_auth, same_identity
-from agent.credential import MAX_DOCUMENT_BYTES, Credential, Reading, ReadState
+from agent.credential import Credential, Reading, ReadState, parse_object
 
 # What a document may hold instead of a ChatGPT login (credsync does not manage them).
 OTHER_LOGINS = ("OPENAI_API_KEY", "agent_identity", "personal_access_token")
@@ -35,19 +34,9 @@ class Refusal(str, enum.Enum):
 
 def parse_auth(raw: bytes) -> tuple[Reading, dict[str, Any] | None]:
     """The reading of an ``auth.json`` document and the document object (None: garbage)."""
-    if len(raw) > MAX_DOCUMENT_BYTES:
-        return Reading(ReadState.INVALID, detail=f"over {MAX_DOCUMENT_BYTES} bytes"), None
-    if not raw.strip():
-        return Reading(ReadState.INVALID, detail="empty document"), None
-    try:
-        doc = jsondoc.loads(raw)
-    except json.JSONDecodeError as exc:
-        cut = exc.pos >= len(exc.doc.rstrip()) or exc.msg.startswith("Unterminated string")
-        return Reading(ReadState.INVALID, detail="truncated JSON" if cut else "not JSON"), None
-    except (ValueError, RecursionError):
-        return Reading(ReadState.INVALID, detail="not JSON"), None
-    if not isinstance(doc, dict):
-        return Reading(ReadState.INVALID, detail="top level is not an object"), None
+    doc = parse_object(raw)  # the same garbage rules (and repair grace) as the CLI's file
+    if isinstance(doc, Reading):
+        return doc, None
     return reading_from_auth(doc), doc
 
 

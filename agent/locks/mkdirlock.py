@@ -15,9 +15,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
-from agent.errors import LockError
+from agent.errors import LockError, StoreError
 from agent.locks import owner as lockowner
+
+T = TypeVar("T")
 
 STORAGE_WRITE_STALE_S = 15.0
 OAUTH_REFRESH_STALE_S = 60.0
@@ -193,6 +196,20 @@ KEEPER = Keeper()
 def storage_write_lock(config_dir: Path, marked: bool = False) -> MkdirLock:
     return MkdirLock(config_dir / ".storage-write.lock", stale_s=STORAGE_WRITE_STALE_S,
                      marked=marked)
+
+
+def under_storage_lock(storage_dir: Path, timeout_s: float, what: str,
+                       work: Callable[[], T]) -> T:
+    """``work()`` while holding the CLI's ``.storage-write.lock`` in ``storage_dir`` (marked as
+    credsync's), the way every store of the CLI's own is written; StoreError naming ``what``
+    when the dir is gone or the lock cannot be had in ``timeout_s``."""
+    if not storage_dir.is_dir():
+        raise StoreError(f"cannot write {what}: its dir {storage_dir} does not exist")
+    try:
+        with storage_write_lock(storage_dir, marked=True).hold(timeout_s):
+            return work()
+    except LockError as exc:
+        raise StoreError(f"cannot write {what}: {exc}") from exc
 
 
 def oauth_refresh_lock(config_dir: Path, marked: bool = False) -> MkdirLock:

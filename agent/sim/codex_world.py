@@ -31,11 +31,10 @@ from agent.clock import SystemClock
 from agent.sim.codex_session import CodexSession
 from agent.sim.codex_store import CodexStore, login_document
 from agent.sim.server import OAuthServer
-from agent.sim.world import AgentRun
+from agent.sim.world import AgentRun, Stepper, drive
 
 __all__ = ["CodexWorld", "CodexWorldConfig", "CodexWorldResult", "run_codex_world"]
 
-JOIN_S = 30.0  # bound on a session thread finishing its turn (lock waits, HTTP timeouts)
 ACCOUNT_ID = "sim-account"
 USER_ID = "sim-user"
 
@@ -113,28 +112,6 @@ class CodexWorldResult:
         return obj
 
 
-class _Turner(threading.Thread):
-    """Has one session take a turn every ``step_s`` until told to stop."""
-
-    def __init__(self, session: CodexSession, stop: threading.Event, step_s: float,
-                 errors: list[str]) -> None:
-        super().__init__(name=f"codex:{session.name}", daemon=True)
-        self.session = session
-        self.stop = stop
-        self.step_s = step_s
-        self.errors = errors
-
-    def run(self) -> None:
-        self.session.start()
-        while not self.stop.is_set():
-            try:
-                self.session.turn()
-            except Exception as exc:  # a broken session is a finding, reported with the run
-                self.errors.append(f"{self.session.name}: {type(exc).__name__}: {exc}")
-                return
-            self.stop.wait(self.step_s)
-
-
 class CodexWorld:
     def __init__(self, config: CodexWorldConfig, root: Path) -> None:
         self.config = config
@@ -197,18 +174,9 @@ class CodexWorld:
 
     def _drive(self, sessions: Sequence[CodexSession], stop: threading.Event, until: float,
                errors: list[str]) -> None:
-        threads = [_Turner(s, stop, self.config.step_s, errors) for s in sessions]
-        for thread in threads:
-            thread.start()
-        try:
-            while (left := until - self.clock.now()) > 0:
-                stop.wait(min(left, 0.5))
-        finally:
-            stop.set()
-            for thread in threads:
-                thread.join(JOIN_S)
-                if thread.is_alive():
-                    errors.append(f"{thread.name} did not finish its turn in {JOIN_S:g} s")
+        threads = [Stepper(f"codex:{s.name}", s.turn, stop, self.config.step_s, errors,
+                           first=s.start) for s in sessions]
+        drive(threads, stop, until, self.clock.now, errors)
 
     def _result(self, server: OAuthServer, sessions: Sequence[CodexSession], wall_s: float,
                 errors: list[str]) -> CodexWorldResult:

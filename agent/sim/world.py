@@ -241,26 +241,51 @@ class AgentRun:
         return [] if rc == 0 else [f"the agent exited with rc {rc}: {self.tail()}"]
 
 
-class _Stepper(threading.Thread):
-    """Steps one session every ``step_s`` until told to stop."""
+class Stepper(threading.Thread):
+    """Has one simulated session act every ``step_s`` until told to stop (after ``first``, if
+    given); an exception ends it and is reported, named ``label``, in ``errors``."""
 
-    def __init__(self, session: SimSession, stop: threading.Event, step_s: float,
-                 now: Callable[[], float], errors: list[str]) -> None:
-        super().__init__(name=f"sim:{session.name}", daemon=True)
-        self.session = session
+    def __init__(self, label: str, act: Callable[[], object], stop: threading.Event,
+                 step_s: float, errors: list[str],
+                 first: Callable[[], object] | None = None) -> None:
+        super().__init__(name=label, daemon=True)
+        self.label = label
+        self.act = act
+        self.first = first
         self.stop = stop
         self.step_s = step_s
-        self.now = now
         self.errors = errors
 
     def run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                self.session.step(self.now())
-            except Exception as exc:  # a broken session is a finding, reported with the run
-                self.errors.append(f"{self.session.name}: {type(exc).__name__}: {exc}")
-                return
-            self.stop.wait(self.step_s)
+        try:
+            if self.first is not None:
+                self.first()
+            while not self.stop.is_set():
+                self.act()
+                self.stop.wait(self.step_s)
+        except Exception as exc:  # a broken session is a finding, reported with the run
+            self.errors.append(f"{self.label}: {type(exc).__name__}: {exc}")
+
+
+def _stepping(session: SimSession, now: Callable[[], float]) -> Callable[[], object]:
+    return lambda: session.step(now())
+
+
+def drive(threads: Sequence[Stepper], stop: threading.Event, until: float,
+          now: Callable[[], float], errors: list[str]) -> None:
+    """Run the sessions' threads until ``until`` (wall clock), then stop and join each
+    (bounded by JOIN_S, a thread still running then is reported)."""
+    for thread in threads:
+        thread.start()
+    try:
+        while (left := until - now()) > 0:
+            stop.wait(min(left, 0.5))
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(JOIN_S)
+            if thread.is_alive():
+                errors.append(f"{thread.name} did not finish its turn in {JOIN_S:g} s")
 
 
 def min_lead(log: Sequence[RequestRecord], login_at: float, lifetime_s: float,
@@ -326,19 +351,10 @@ class World:
 
     def _drive(self, sessions: Sequence[SimSession], until: float, errors: list[str]) -> None:
         stop = threading.Event()
-        threads = [_Stepper(s, stop, self.config.step_s, self.clock.now, errors)
-                   for s in sessions]
-        for thread in threads:
-            thread.start()
-        try:
-            while (left := until - self.clock.now()) > 0:
-                stop.wait(min(left, 0.5))
-        finally:
-            stop.set()
-            for thread in threads:
-                thread.join(JOIN_S)
-                if thread.is_alive():
-                    errors.append(f"{thread.name} did not finish its step in {JOIN_S:g} s")
+        now = self.clock.now
+        threads = [Stepper(f"sim:{s.name}", _stepping(s, now), stop, self.config.step_s,
+                           errors) for s in sessions]
+        drive(threads, stop, until, now, errors)
 
     def _result(self, server: OAuthServer, sessions: Sequence[SimSession], login_at: float,
                 wall_s: float, errors: list[str]) -> WorldResult:

@@ -16,9 +16,9 @@ from agent.credential import (
     parse_document,
     render_document,
 )
-from agent.errors import LockError, StoreError
+from agent.errors import StoreError
 from agent.fsutil import Signature, atomic_write, read_bytes, write_target
-from agent.locks.mkdirlock import release_orphans, storage_write_lock
+from agent.locks.mkdirlock import release_orphans, under_storage_lock
 from agent.stores.base import Role, Store
 
 FILE_NAME = ".credentials.json"
@@ -88,13 +88,8 @@ class ClaudeFileStore(Store):
 
     def write(self, cred: Credential, supersedes: Credential | None = None) -> bool:
         require_writable(cred)
-        if not self.config_dir.is_dir():
-            raise StoreError(f"config dir {self.config_dir} does not exist")
-        try:
-            with storage_write_lock(self.config_dir, marked=True).hold(self.lock_timeout_s):
-                return self._write_locked(cred, supersedes)
-        except LockError as exc:
-            raise StoreError(f"cannot write {self.path}: {exc}") from exc
+        return under_storage_lock(self.config_dir, self.lock_timeout_s, str(self.path),
+                                  lambda: self._write_locked(cred, supersedes))
 
     def release_orphaned_locks(self) -> list[Path]:
         """Free this config dir's locks left by a credsync process that died holding them."""

@@ -35,9 +35,9 @@ from agent.credential import (
     parse_document,
     reading_from_document,
 )
-from agent.errors import KeychainUnavailable, LockError, StoreError
+from agent.errors import KeychainUnavailable, StoreError
 from agent.fsutil import atomic_write, read_bytes
-from agent.locks.mkdirlock import storage_write_lock
+from agent.locks.mkdirlock import under_storage_lock
 from agent.stores.base import Role, Store
 from agent.stores.macos import overflow
 from agent.stores.macos.foreign import Ownership, fix_text, ownership
@@ -288,14 +288,8 @@ class MacKeychainStore(Store):
             raise StoreError("refusing to write a blank credential")
         if self.read_only:
             return False  # told to leave the Keychain alone
-        storage = self.ident.storage_dir
-        if not storage.is_dir():
-            raise StoreError(f"storage dir {storage} does not exist")
-        try:
-            with storage_write_lock(storage, marked=True).hold(self.lock_timeout_s):
-                return self._write_locked(cred, supersedes)
-        except LockError as exc:
-            raise StoreError(f"cannot write {self.name}: {exc}") from exc
+        return under_storage_lock(self.ident.storage_dir, self.lock_timeout_s, self.name,
+                                  lambda: self._write_locked(cred, supersedes))
 
     def _write_locked(self, cred: Credential, supersedes: Credential | None) -> bool:
         quiet = self._quiet()

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.credential import Credential, Reading, ReadState, merged_document, parse_document
-from agent.errors import KeychainUnavailable, LockError, StoreError
-from agent.locks.mkdirlock import release_orphans, storage_write_lock
+from agent.errors import KeychainUnavailable, StoreError
+from agent.locks.mkdirlock import release_orphans, under_storage_lock
 from agent.stores.base import Role, Store
 from agent.stores.claude_file import WRITE_LOCK_TIMEOUT_S, ClaudeFileStore, require_writable
 from agent.stores.windows import chunks
@@ -142,14 +142,8 @@ class WindowsCredmanStore(Store):
     # ----- writing -----------------------------------------------------------------------
     def write(self, cred: Credential, supersedes: Credential | None = None) -> bool:
         require_writable(cred)
-        storage = self.ident.storage_dir
-        if not storage.is_dir():
-            raise StoreError(f"storage dir {storage} does not exist")
-        try:
-            with storage_write_lock(storage, marked=True).hold(self.lock_timeout_s):
-                return self._write_locked(cred, supersedes)
-        except LockError as exc:
-            raise StoreError(f"cannot write {self.name}: {exc}") from exc
+        return under_storage_lock(self.ident.storage_dir, self.lock_timeout_s, self.name,
+                                  lambda: self._write_locked(cred, supersedes))
 
     def _write_locked(self, cred: Credential, supersedes: Credential | None) -> bool:
         snap = self.snapshot()
