@@ -169,6 +169,15 @@ class World:
                     if line.strip()][-1]
             machine.cluster("join", code, "--redis", self.urls[machine.name])
 
+    def launch(self) -> Credential:
+        """Form the cluster, log in on the first machine, start every agent, and wait until
+        every machine holds that login (the others had none)."""
+        self.form()
+        login = self.login(self.machines[0])
+        self.start()
+        self.wait_live(10, "the first machine's login on every machine")
+        return login
+
     def login(self, machine: Machine, expires_in_s: float | None = None) -> Credential:
         oauth = self.server.issue_login()
         if expires_in_s is not None:

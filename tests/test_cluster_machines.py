@@ -54,13 +54,10 @@ def check_end(world: World, min_rotations: int = 2) -> None:
 
 
 def test_three_machines_no_faults_one_request_per_rotation(world: World) -> None:
-    a = world.add("a")
+    world.add("a")
     world.add("b")
     world.add("c")
-    world.form()
-    world.login(a)
-    world.start()
-    world.wait_live(10, "the login on a reaching b and c (which had none)")
+    world.launch()  # b and c had no login: they take a's
     world.run_for(10)
     check_end(world)
 
@@ -102,13 +99,10 @@ def test_redis_killed_and_restarted_empty_several_times(world: World) -> None:
 
 
 def test_a_machine_stopped_while_its_request_is_in_flight(world: World) -> None:
-    a = world.add("a")
+    world.add("a")
     world.add("b")
     world.add("c")
-    world.form()
-    world.login(a)
-    world.start()
-    world.wait_live(10)
+    world.launch()
     stopped: list[Machine] = []
 
     def stop_the_sender() -> None:
@@ -132,13 +126,10 @@ def test_a_machine_stopped_while_its_request_is_in_flight(world: World) -> None:
 
 
 def test_a_machine_stopped_in_flight_while_redis_loses_every_key(world: World) -> None:
-    a = world.add("a")
+    world.add("a")
     world.add("b")
     world.add("c")
-    world.form()
-    world.login(a)
-    world.start()
-    world.wait_live(10)
+    world.launch()
     stopped: list[Machine] = []
 
     def stop_the_sender() -> None:
@@ -162,13 +153,10 @@ def test_a_machine_stopped_in_flight_while_redis_loses_every_key(world: World) -
 
 @pytest.mark.parametrize("skews", [(30.0, -20.0)])
 def test_clocks_skewed_by_tens_of_seconds(world: World, skews: tuple[float, float]) -> None:
-    a = world.add("a")
+    world.add("a")
     world.add("b", skew_s=skews[0])
     world.add("c", skew_s=skews[1])
-    world.form()
-    world.login(a)
-    world.start()
-    world.wait_live(10)
+    world.launch()
     world.run_for(11)
     check_end(world)
     offsets = [m.offset_s() for m in world.machines]
@@ -179,13 +167,10 @@ def test_clocks_skewed_by_tens_of_seconds(world: World, skews: tuple[float, floa
 def test_one_machine_s_link_stalled_then_back_then_cut(world: World) -> None:
     proxy = TcpProxy(world.redis.port)
     try:
-        a = world.add("a")
+        world.add("a")
         world.add("b")
         c = world.add("c", url=proxy.url)
-        world.form()
-        world.login(a)
-        world.start()
-        world.wait_live(10)
+        world.launch()
         proxy.stall()
         wait_for(lambda: c.down_since() is not None, 5, "c to notice its link is down")
         world.run_for(8)  # a and b rotate; c holds, sending nothing
@@ -207,13 +192,10 @@ def test_redis_down_nobody_refreshes_and_status_says_since_when(world: World,
     script.write_text("import os, sys\nwith open(sys.argv[1], 'a') as f:\n"
                       "    f.write(os.environ['CREDSYNC_EVENT'] + ' '"
                       " + os.environ['CREDSYNC_URGENCY'] + '\\n')\n")
-    a = world.add("a")
+    world.add("a")
     b = world.add("b", notify={"desktop": False,
                                "command": [sys.executable, str(script), str(notices)]})
-    world.form()
-    world.login(a)
-    world.start()
-    world.wait_live(10)
+    world.launch()
     world.run_for(2)
     world.redis.kill9()
     wait_for(lambda: all(m.down_since() is not None for m in world.machines), 6,
