@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import keyring.errors
 import pytest
 from keyring.backends import SecretService, chainer, fail, null
 
+from agent.clock import FakeClock
 from agent.credential import Credential, ReadState
 from agent.errors import KeychainUnavailable, StoreError
 from agent.ledger import scope_key
@@ -350,7 +352,7 @@ def test_a_stuck_backend_fails_within_the_deadline_and_then_fast() -> None:
         started = time.monotonic()
         with pytest.raises(KeychainUnavailable, match="earlier call"):
             store.write(cred(1))  # does not queue behind the stuck call
-        assert time.monotonic() - started < 0.1
+        assert time.monotonic() - started < 0.25  # well under the 0.3 s it would queue for
         assert store.read().state is ReadState.ERROR
     finally:
         backend.release()
@@ -360,6 +362,61 @@ def test_a_stuck_backend_fails_within_the_deadline_and_then_fast() -> None:
     assert store.write(cred(1)) is True
     assert store.read().state is ReadState.VALID
     worker.close()
+
+
+def test_a_call_started_late_counts_as_stuck_from_its_submission() -> None:
+    # On a loaded machine the worker can start a call well after it was submitted. Its caller's
+    # deadline counts from the submission, so the next call must fail fast once that deadline
+    # has passed, not queue behind it for another full timeout (a CI run saw exactly that).
+    clock = FakeClock()
+    worker = KeychainCalls(timeout_s=0.3, clock=clock)
+    first_gate, second_gate = threading.Event(), threading.Event()
+    second_started = threading.Event()
+
+    def second() -> None:
+        second_started.set()
+        second_gate.wait()
+
+    try:
+        worker.submit(first_gate.wait, "read")
+        pending = worker.submit(second, "read")  # submitted at 0, queued behind the first
+        clock.advance(0.2)
+        first_gate.set()  # the worker starts the second call only now
+        assert second_started.wait(timeout=5)
+        clock.advance(0.11)  # past the second call's deadline, 0.11 s after it started
+        with pytest.raises(KeychainUnavailable, match=r"keychain read: no answer within 0\.3 s"):
+            pending.result()
+        with pytest.raises(KeychainUnavailable, match=r"earlier call has not returned for 0\.3 s"):
+            worker.submit(lambda: None, "write")
+    finally:
+        second_gate.set()
+        worker.close()
+
+
+def test_a_queued_call_whose_caller_gave_up_never_runs() -> None:
+    # A write reported as failed must not land later, when the stuck call ahead of it returns.
+    clock = FakeClock()
+    worker = KeychainCalls(timeout_s=2, clock=clock)
+    gate, ran = threading.Event(), threading.Event()
+    try:
+        worker.submit(gate.wait, "read")
+        pending = worker.submit(ran.set, "write")
+        clock.advance(2.01)
+        with pytest.raises(KeychainUnavailable, match="no answer within 2 s"):
+            pending.result()
+        gate.set()
+        deadline = time.monotonic() + 5
+        while True:  # until the stuck read has returned and the worker takes calls again
+            try:
+                done = worker.submit(lambda: "free", "read")
+                break
+            except KeychainUnavailable:
+                assert time.monotonic() < deadline
+        assert done.result() == "free"  # queued after the cancelled write: its turn has passed
+        assert not ran.is_set()
+    finally:
+        gate.set()
+        worker.close()
 
 
 def test_close_stops_the_worker_thread() -> None:

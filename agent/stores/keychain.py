@@ -24,7 +24,6 @@ import importlib
 import os
 import sys
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar, cast
@@ -32,6 +31,7 @@ from typing import Any, Generic, Protocol, TypeVar, cast
 import keyring.errors
 from keyring.backends.chainer import ChainerBackend
 
+from agent.clock import Clock, SystemClock
 from agent.credential import (
     Credential,
     Reading,
@@ -205,10 +205,13 @@ class KeychainCalls:
     been stuck past its deadline fails at once instead of queueing behind it.
     """
 
-    def __init__(self, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(self, timeout_s: float = DEFAULT_TIMEOUT_S, clock: Clock | None = None) -> None:
         self.timeout_s = timeout_s
+        self._clock = clock or SystemClock()
         self._lock = threading.Lock()
-        self._jobs: list[tuple[concurrent.futures.Future[Any], Callable[[], Any]]] = []
+        # Each job keeps its submission time: a caller's deadline counts from it, so "stuck" must
+        # too (the worker may start a job late on a loaded machine).
+        self._jobs: list[tuple[concurrent.futures.Future[Any], Callable[[], Any], float]] = []
         self._wake = threading.Condition(self._lock)
         self._running: concurrent.futures.Future[Any] | None = None
         self._running_since = 0.0
@@ -233,10 +236,10 @@ class KeychainCalls:
                     self._wake.wait()
                 if not self._jobs:
                     return
-                future, fn = self._jobs.pop(0)
+                future, fn, submitted = self._jobs.pop(0)
                 if not future.set_running_or_notify_cancel():
                     continue
-                self._running, self._running_since = future, time.monotonic()
+                self._running, self._running_since = future, submitted
             try:
                 future.set_result(fn())
             except BaseException as exc:
@@ -246,17 +249,24 @@ class KeychainCalls:
         with self._lock:
             if self._closed:
                 raise KeychainUnavailable(f"keychain {what}: closed")
-            running = self._running
-            stuck = time.monotonic() - self._running_since
-            if running is not None and not running.done() and stuck > self.timeout_s:
+            now = self._clock.monotonic()
+            stuck = now - self._oldest_unfinished(now)
+            if stuck >= self.timeout_s:
                 raise KeychainUnavailable(
                     f"keychain {what}: an earlier call has not returned for {stuck:.1f} s "
                     "(locked keychain waiting for an unlock prompt?)")
             future: concurrent.futures.Future[T] = concurrent.futures.Future()
-            self._jobs.append((future, fn))
+            self._jobs.append((future, fn, now))
             self._ensure_thread()
             self._wake.notify()
-        return Pending(future, what, time.monotonic() + self.timeout_s, self.timeout_s)
+        return Pending(future, what, now + self.timeout_s, self.timeout_s, self._clock)
+
+    def _oldest_unfinished(self, now: float) -> float:
+        """When the oldest call still ahead of a new one was submitted (``now`` if none): the
+        running call, else the head of the queue (the worker may not have picked it up yet)."""
+        if self._running is not None and not self._running.done():
+            return self._running_since
+        return next((at for future, _, at in self._jobs if not future.cancelled()), now)
 
     def call(self, fn: Callable[[], T], what: str) -> T:
         return self.submit(fn, what).result()
@@ -265,7 +275,7 @@ class KeychainCalls:
         """Stop the worker; a call still stuck in the backend is abandoned (daemon thread)."""
         with self._wake:
             self._closed = True
-            for future, _ in self._jobs:
+            for future, _, _ in self._jobs:
                 future.cancel()
             self._jobs.clear()
             self._wake.notify()
@@ -279,16 +289,20 @@ class Pending(Generic[T]):
     as KeychainUnavailable."""
 
     def __init__(self, future: concurrent.futures.Future[T], what: str, deadline: float,
-                 timeout_s: float) -> None:
+                 timeout_s: float, clock: Clock) -> None:
         self._future = future
+        self._clock = clock
         self._what = what
         self._deadline = deadline
         self._timeout_s = timeout_s
 
     def result(self) -> T:
         try:
-            return self._future.result(timeout=max(0.0, self._deadline - time.monotonic()))
+            return self._future.result(timeout=max(0.0, self._deadline - self._clock.monotonic()))
         except concurrent.futures.TimeoutError as exc:
+            # A call still queued when its caller gives up must not run later: a write reported
+            # as failed would otherwise land after all.
+            self._future.cancel()
             raise KeychainUnavailable(
                 f"keychain {self._what}: no answer within {self._timeout_s:g} s "
                 "(locked keychain waiting for an unlock prompt?)") from exc
