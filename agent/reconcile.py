@@ -145,8 +145,12 @@ class Reconciler:
     """One round of reading, deciding and writing; the only writer of the stores."""
 
     def __init__(self, stores: Sequence[Store], ledger: Ledger, clock: Clock,
-                 max_lifetime_s: float = 86400.0, repair_garbage: bool = True) -> None:
+                 max_lifetime_s: float = 86400.0, repair_garbage: bool = True,
+                 foreign: Callable[[Credential], str | None] | None = None) -> None:
         self.stores = list(stores)
+        # Why a valid login is not this scope's (a Codex home now on another account), else
+        # None: such a store reads as an error, neither a candidate nor written.
+        self.foreign = foreign
         self.ledger = ledger
         self.clock = clock
         self.max_lifetime_s = max_lifetime_s
@@ -169,8 +173,14 @@ class Reconciler:
         # The keychain's read runs on its worker while the files are read here.
         started = {s.name: cast(Background, s).start_read() for s in self.stores
                    if s.name in self.background}
-        return {s.name: started[s.name]() if s.name in started else s.read()
-                for s in self.stores}
+        readings = {s.name: started[s.name]() if s.name in started else s.read()
+                    for s in self.stores}
+        return readings if self.foreign is None else \
+            {name: self._own(reading) for name, reading in readings.items()}
+
+    def _own(self, reading: Reading) -> Reading:
+        why = self.foreign(reading.valid) if self.foreign and reading.valid else None
+        return reading if why is None else Reading(ReadState.ERROR, detail=why)
 
     def rules(self, now: float) -> Rules:
         view = self.ledger.journal.read()

@@ -140,3 +140,70 @@ def test_status_of_a_codex_only_agent_says_it_runs(tmp_path: Path, server: OAuth
         wait_for(running, 20, "status to see the Codex-only agent running", interval_s=0.3)
     finally:
         agent.stop()
+
+
+def setup_two_accounts(tmp: Path, server: OAuthServer) -> tuple[list[Path], Path]:
+    """Three homes: the first and third on one account, the second on another."""
+    homes = [tmp / f"codex{i}" for i in range(3)]
+    logins = {acct: server.issue_login(account_id=acct) for acct in ("acct-a", "acct-b")}
+    for home, acct in zip(homes, ("acct-a", "acct-b", "acct-a"), strict=True):
+        home.mkdir()
+        (home / "auth.json").write_text(json.dumps(login_document(logins[acct], 0), indent=2))
+        os.chmod(home / "auth.json", 0o600)
+    config = tmp / "config.toml"
+    config.write_text("\n".join([
+        "[agent]", f"state_dir = {toml_value(tmp / 'state')}", "[claude]", "config_dirs = []",
+        "keychain = false", "[refresh]", "jitter = 0", "[codex]",
+        f"homes = [{', '.join(toml_value(h) for h in homes)}]",
+        f"token_url = {toml_value(server.url)}", f"client_id = {toml_value(server.client_id)}",
+        "keychain = false", ""]))
+    return homes, config
+
+
+def test_homes_of_two_accounts_are_shown_and_served_each_as_its_own_login(
+        tmp_path: Path, server: OAuthServer) -> None:
+    homes, config = setup_two_accounts(tmp_path, server)
+    a, b = login(homes[0]), login(homes[1])
+    shown = credsync(["status", "--config", str(config)], env=env(tmp_path))
+    assert shown.returncode == 0, shown.stderr
+    rows = [line for line in shown.stdout.splitlines() if line.startswith("codex ")]
+    assert len(rows) == 2, shown.stdout  # a line per account, naming its homes
+    assert rows[0].startswith(f"codex       ok, {a.fingerprint}, expires in ")
+    assert rows[0].endswith(f"({homes[0]}, {homes[2]})") and "next refresh in " in rows[0]
+    assert rows[1].startswith(f"codex       ok, {b.fingerprint}, expires in ")
+    assert rows[1].endswith(f"({homes[1]})") and "next refresh in " in rows[1]
+    assert "stale" not in shown.stdout  # each home is in step with its own account's login
+    js = json.loads(credsync(["status", "--json", "--config", str(config)],
+                             env=env(tmp_path)).stdout)
+    assert [acct["homes"] for acct in js["extra"]["codex_accounts"]] == \
+        [[str(homes[0]), str(homes[2])], [str(homes[1])]]
+    assert js["extra"]["codex"] == js["extra"]["codex_accounts"][0]
+    assert {s["state"] for s in js["stores"]} == {"in-sync"}
+    first = credsync(["token", "--codex", "--config", str(config)], env=env(tmp_path))
+    assert first.stdout == a.access_token + "\n", first.stderr
+    other = credsync(["token", "--codex", "--config", str(config)],
+                     env={**env(tmp_path), "CODEX_HOME": str(homes[1])})
+    assert other.stdout == b.access_token + "\n", other.stderr
+    doctor = credsync(["doctor", "--config", str(config)], env=env(tmp_path))
+    logins = [line for line in doctor.stdout.splitlines() if "codex login (" in line]
+    assert len(logins) == 2 and all(line.startswith("ok") for line in logins), doctor.stdout
+    assert str(homes[1]) in logins[1] and b.fingerprint in logins[1]
+    for out in (shown.stdout, json.dumps(js), doctor.stdout):
+        for cred in (a, b):
+            assert cred.access_token not in out and cred.refresh_token not in out
+    assert server.stats().token_requests == 0
+
+
+def test_a_due_login_of_the_second_account_is_refreshed_in_its_homes_only(
+        tmp_path: Path, server: OAuthServer) -> None:
+    server.set_lifetimes(200)  # inside Codex's 5-minute window: due
+    homes, config = setup_two_accounts(tmp_path, server)
+    a, b = login(homes[0]), login(homes[1])
+    done = credsync(["token", "--codex", "--config", str(config)],
+                    env={**env(tmp_path), "CODEX_HOME": str(homes[1])})
+    assert done.returncode == 0, done.stderr
+    new_b = login(homes[1])
+    assert new_b is not None and new_b.access_token == done.stdout.strip() != b.access_token
+    assert login(homes[0]) == a and login(homes[2]) == a  # the other account's homes untouched
+    stats = server.stats()
+    assert stats.token_requests == 1 and stats.invalid_grants == 0

@@ -233,7 +233,8 @@ def quiet_logging(settings: Any) -> None:
 
 @main.command()
 @config_option
-@click.option("--codex", is_flag=True, help="Codex's access token instead of Claude Code's.")
+@click.option("--codex", is_flag=True, help="Codex's access token instead of Claude Code's (of "
+              "$CODEX_HOME's account when the homes hold logins of several).")
 def token(config_path: Path | None, codex: bool) -> None:
     """Print a valid access token (refreshing under the locks when it is due).
 

@@ -185,15 +185,24 @@ def summary_lines(status: Status) -> list[str]:
     alert = _dict(status, "alert")
     if alert is not None:
         rows.append(("alert", _alert(alert, status.now)))
-    codex = _dict(status, "codex")
-    if codex is not None:
-        rows.append(("codex", _codex(codex, status.now)))
+    accounts = codex_accounts(status)
+    for codex in accounts:
+        rows.append(("codex", _codex(codex, status.now, len(accounts) > 1)))
         if codex.get("alert"):
             rows.append(("alert", _alert(codex["alert"], status.now)))
     return [f"{label:<{LABEL_WIDTH}} {value}" for label, value in rows]
 
 
-def _codex(value: dict[str, Any], now: float) -> str:
+def codex_accounts(status: Status) -> list[dict[str, Any]]:
+    """The Codex side, an entry per account (homes of two accounts are kept apart)."""
+    several = status.extra.get("codex_accounts")
+    if isinstance(several, list) and all(isinstance(v, dict) for v in several) and several:
+        return several
+    one = _dict(status, "codex")
+    return [one] if one is not None else []
+
+
+def _codex(value: dict[str, Any], now: float, named: bool = False) -> str:
     """The Codex login in one line: its state, fingerprint, expiry and next refresh."""
     text = clean(value.get("login", ""))
     if value.get("fingerprint"):
@@ -203,6 +212,8 @@ def _codex(value: dict[str, Any], now: float) -> str:
     if isinstance(refresh, dict) and refresh.get("next_refresh_at"):
         text += f", next refresh {when(from_iso(refresh['next_refresh_at']), now)}"
     homes = value.get("homes") or []
+    if named:  # several accounts: which homes this one is
+        return text + f" ({', '.join(clean(h) for h in homes)})"
     return text + f" ({len(homes)} home{'s' if len(homes) != 1 else ''})"
 
 
@@ -220,9 +231,16 @@ def summary_steps(status: Status) -> list[str]:
     login = _LOGIN_NEXT_STEP.get(status.login_state)
     if login:
         steps.append(login)
-    codex_step = _CODEX_NEXT_STEP.get(str((_dict(status, "codex") or {}).get("login")))
-    if codex_step:
-        steps.append(codex_step)
+    accounts = codex_accounts(status)
+    for codex in accounts:
+        codex_step = _CODEX_NEXT_STEP.get(str(codex.get("login")))
+        homes = [clean(h) for h in codex.get("homes") or []]
+        if codex_step and len(accounts) > 1 and homes:  # which account: its homes say
+            codex_step = codex_step.replace(
+                "`codex login`", f"`CODEX_HOME={homes[0]} codex login`") + \
+                f" (homes {', '.join(homes)})"
+        if codex_step:
+            steps.append(codex_step)
     steps += _agent_steps(status)
     refresh = _dict(status, "refresh") or {}
     if refresh.get("state") in ("retrying", "offline"):
@@ -331,7 +349,8 @@ def mcp_steps(status: Status) -> list[str]:
 
 # --- sections added by other parts, shown generically until they get their own -----------------
 
-_KNOWN_EXTRA = frozenset({"refresh", "login_item", "alert", "login", "cluster", "codex"})
+_KNOWN_EXTRA = frozenset({"refresh", "login_item", "alert", "login", "cluster", "codex",
+                          "codex_accounts"})
 
 
 def _plain(value: object) -> str:

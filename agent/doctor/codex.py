@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.cli.status import Status
-from agent.cli.statustext import clean, from_iso, when
+from agent.cli.statustext import clean, codex_accounts, from_iso, when
 from agent.doctor.model import Check, fail, ok
 
 __all__ = ["CODEX_LOGIN", "codex_environment_check", "codex_login_check", "is_codex"]
@@ -30,16 +30,23 @@ def is_codex(kind: str) -> bool:
 
 
 def codex_login_check(status: Status) -> list[Check]:
-    codex = status.extra.get("codex")
-    if not isinstance(codex, dict):
-        return []
+    """A line per Codex account (one, unless the homes hold logins of several)."""
+    accounts = codex_accounts(status)
+    return [_login_check(codex, status.now, len(accounts) > 1) for codex in accounts]
+
+
+def _login_check(codex: Mapping[str, Any], now: float, named: bool) -> Check:
+    homes = [str(h) for h in codex.get("homes") or []]
+    name = f"codex login ({', '.join(clean(h) for h in homes)})" if named else "codex login"
     state = str(codex.get("login", ""))
     if state == "ok":
-        expires = when(from_iso(codex.get("expires_at")), status.now)
-        return [ok("codex login", f"ok, {clean(codex.get('fingerprint'))}, expires {expires}")]
+        expires = when(from_iso(codex.get("expires_at")), now)
+        return ok(name, f"ok, {clean(codex.get('fingerprint'))}, expires {expires}")
     reason = clean(codex.get("reason", ""))
-    return [fail("codex login", state + (f": {reason}" if reason else ""),
-                 _FIX.get(state, f"`{CODEX_LOGIN}`"))]
+    fix = _FIX.get(state, f"`{CODEX_LOGIN}`")
+    if named and homes:
+        fix = fix.replace(f"`{CODEX_LOGIN}`", f"`CODEX_HOME={clean(homes[0])} {CODEX_LOGIN}`")
+    return fail(name, state + (f": {reason}" if reason else ""), fix)
 
 
 def codex_store_fix(state: str, location: str) -> str:

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from agent.clock import Clock, SystemClock
 from agent.credential import Credential
 from agent.errors import (
     AgentAlreadyRunning,
     ClusterError,
+    ConfigError,
     LockError,
     RefreshError,
     ReloginRequired,
@@ -66,7 +68,8 @@ def run_agent(settings: Settings, config_path: Path, events: queue.Queue[object]
         if settings.claude.config_dirs:
             lanes.append(stack.enter_context(_claude_lane(settings, clock, events, build)))
         if settings.codex.enabled:
-            lanes.append(stack.enter_context(_codex_lane(settings, clock, events)))
+            for account in codex_accounts(settings):  # a lane per account: no winner across
+                lanes.append(stack.enter_context(_codex_lane(account, clock, events)))
         watch = [s.watch_path for lane in lanes for s in lane.stores if s.watch_path is not None]
         for lane in lanes:
             log.info("started: %d stores, config %s, state %s", len(lane.stores), config_path,
@@ -140,13 +143,16 @@ def _claude_lane(settings: Settings, clock: Clock, events: queue.Queue[object],
 
 
 @contextmanager
-def _codex_lane(settings: Settings, clock: Clock,
+def _codex_lane(account: CodexAccount, clock: Clock,
                 events: queue.Queue[object]) -> Iterator[Agent]:
     from agent.loop.agent import Agent
     from agent.notify.alerts import CODEX
 
+    settings = account.settings
     ledger = codex_ledger_of(settings)
-    with _instance(ledger), codex_coordinator(settings, clock, repair_garbage=True) as coord, \
+    with _instance(ledger), \
+            codex_coordinator(settings, clock, repair_garbage=True,
+                              identity=account.identity) as coord, \
             _alerting(settings, ledger, clock, CODEX) as alerting:
         coord.records.ensure_salt()
         agent = Agent(coord.stores, ledger, clock, events, None,
@@ -239,6 +245,57 @@ def coordinator(settings: Settings, clock: Clock, repair_garbage: bool = False,
 CODEX_MAX_LIFETIME_S = 30 * 86400.0
 
 
+class CodexAccount(NamedTuple):
+    """One Codex account's part of the settings: ``[codex] homes`` narrowed to its homes, and
+    a login of the account (``identity``) when the homes hold several (None: any login)."""
+
+    settings: Settings
+    identity: Credential | None = None
+
+
+def codex_accounts(settings: Settings, backend: KeychainBackend | None = None
+                   ) -> list[CodexAccount]:
+    """Each Codex account's homes (``agent.codex.groups``), the first home's account first;
+    just ``settings`` when its homes hold one account's login or none."""
+    from agent.codex.groups import group_homes
+    from agent.codex.homes import plan_homes
+    from agent.loop.build import LazyBackend
+
+    homes = list(settings.codex.homes)
+    if len(homes) < 2:
+        return [CodexAccount(settings)]
+    keychain = backend if backend is not None else LazyBackend()
+    held: list[tuple[Path, Credential | None]] = []
+    for home in homes:
+        try:
+            stores = [s for plan in plan_homes([home], keychain, settings.codex.keychain)
+                      for s in plan.stores]
+        except ConfigError:  # a home whose store mode is unreadable: its lane will say so
+            stores = []
+        try:
+            held.append((home, next((c for c in (s.read().valid for s in stores)
+                                     if c is not None), None)))
+        finally:
+            close_stores(stores)
+    groups = group_homes(held)
+    if len(groups) == 1:
+        return [CodexAccount(settings)]
+    return [CodexAccount(settings.model_copy(update={"codex": settings.codex.model_copy(
+        update={"homes": group})}), identity) for group, identity in groups]
+
+
+def _account_of_home(accounts: list[CodexAccount], env: Mapping[str, str]) -> CodexAccount:
+    from agent.config import default_codex_homes
+
+    value = env.get("CODEX_HOME")
+    if value:
+        [home] = default_codex_homes({"CODEX_HOME": value})  # as Codex resolves it
+        for account in accounts:
+            if home in (Path(os.path.abspath(h)) for h in account.settings.codex.homes):
+                return account
+    return accounts[0]
+
+
 def codex_ledger_of(settings: Settings) -> Ledger:
     """The ledger of the Codex login these settings keep (a scope of its own)."""
     return Ledger(Path(settings.agent.state_dir), settings.codex.homes, provider="codex")
@@ -246,19 +303,27 @@ def codex_ledger_of(settings: Settings) -> Ledger:
 
 @contextmanager
 def codex_coordinator(settings: Settings, clock: Clock, repair_garbage: bool = False,
-                      backend: KeychainBackend | None = None) -> Iterator[Coordinator]:
+                      backend: KeychainBackend | None = None,
+                      identity: Credential | None = None) -> Iterator[Coordinator]:
     """The Codex side's coordinator: its homes' stores, Codex's refresher and schedule (its
     5-minute window, the access token's own lifetime), no CLI refresh lock (Codex has none:
-    credsync's own lock and journal are what there is)."""
+    credsync's own lock and journal are what there is). With ``identity`` (a login of the
+    account, when the homes hold several), a home on another account is no candidate."""
     from agent.codex.homes import codex_stores
-    from agent.codex.tokens import lifetime_s
+    from agent.codex.tokens import lifetime_s, same_identity
     from agent.loop.build import LazyBackend
+
+    def foreign(cred: Credential) -> str | None:
+        if identity is None or same_identity(identity, cred):
+            return None
+        return ("it holds a login of another Codex account than credsync keeps here; restart "
+                "credsync to keep it (it sorts the homes by account when it starts)")
 
     keychain = backend if backend is not None else LazyBackend()
     stores = codex_stores(settings.codex.homes, keychain, settings.codex.keychain)
     refresher = LazyRefresher(settings, clock, codex=True)
     writer = Reconciler(stores, codex_ledger_of(settings), clock, CODEX_MAX_LIFETIME_S,
-                        repair_garbage)
+                        repair_garbage, foreign=foreign)
     try:
         yield Coordinator(settings.codex_refresh(), writer, [], refresher, clock,
                           lifetime_of=lifetime_s)
@@ -359,12 +424,15 @@ def valid_token(settings: Settings, note: Note | None = None) -> str:
         return _refreshed_token(coord, verdict)
 
 
-def codex_token(settings: Settings) -> str:
-    """``credsync token --codex``: a valid Codex access token, refreshing when it is due."""
+def codex_token(settings: Settings, env: Mapping[str, str] | None = None) -> str:
+    """``credsync token --codex``: a valid Codex access token, refreshing when it is due; of
+    ``$CODEX_HOME``'s account when the homes hold several (else the first home's)."""
     if not settings.codex.enabled:
         raise RefreshError("no Codex home is kept: set [codex] homes in the config file (or "
                            "CODEX_HOME)")
-    with codex_coordinator(settings, SystemClock()) as coord:
+    # The very scope (ledger, journal, lock) of the running agent's lane for that account.
+    account = _account_of_home(codex_accounts(settings), os.environ if env is None else env)
+    with codex_coordinator(account.settings, SystemClock(), identity=account.identity) as coord:
         _prepare_ledger(coord)
         verdict = coord.verdict()
         best = verdict.winner
@@ -458,24 +526,32 @@ def collect_status(settings: Settings, config_path: Path) -> Status:
     if not settings.claude.config_dirs:
         status.login_state = "off"  # [claude] config_dirs = []: nothing of Claude's is kept
     if settings.codex.enabled:
-        codex_status(settings, config_path, status, clock)
+        # One entry per Codex account (agent.codex.groups); ``extra.codex`` stays the first
+        # account's, as it was when there could be one only.
+        accounts = [codex_status(account, config_path, status, clock, first=i == 0)
+                    for i, account in enumerate(codex_accounts(settings))]
+        status.extra["codex"] = accounts[0]
+        if len(accounts) > 1:
+            status.extra["codex_accounts"] = accounts
     return status
 
 
-def codex_status(settings: Settings, config_path: Path, status: Status, clock: Clock) -> None:
-    """The Codex side in ``credsync status``: its homes' stores among the rows, its login,
-    refresh and alert in ``extra.codex``."""
+def codex_status(account: CodexAccount, config_path: Path, status: Status, clock: Clock,
+                 first: bool = True) -> dict[str, object]:
+    """One Codex account in ``credsync status``: its homes' stores among the rows; its login,
+    refresh and alert returned (``extra.codex``)."""
     from agent.cli.status import collect, iso
     from agent.notify.alerting import load_active_alert
     from agent.notify.alerts import CODEX
 
-    with codex_coordinator(settings, clock) as coord:
+    settings = account.settings
+    with codex_coordinator(settings, clock, identity=account.identity) as coord:
         codex = collect(coord.writer, str(config_path), clock.now())
         refresh = refresh_status(settings, coord, codex, clock.now())
     best = codex.best
     status.stores.extend(codex.stores)
-    if not settings.claude.config_dirs:
-        # Only the Codex lane runs: whether the agent runs is its scope's to say.
+    if not settings.claude.config_dirs and first:
+        # Only Codex lanes run: whether the agent runs is the first one's scope's to say.
         status.running, status.pid, status.agent_state = \
             codex.running, codex.pid, codex.agent_state
     out: dict[str, object] = {
@@ -486,7 +562,7 @@ def codex_status(settings: Settings, config_path: Path, status: Status, clock: C
     alert = load_active_alert(codex_ledger_of(settings), settings.notify, clock, CODEX)
     if alert is not None:
         out["alert"] = {"title": alert.title, "since": iso(alert.since)}
-    status.extra["codex"] = out
+    return out
 
 
 def refresh_status(settings: Settings, coord: Coordinator, status: Status,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -53,10 +53,13 @@ class CodexWorldConfig:
     margin_fraction: float = 0.10
     at_fraction: float = 0.55
     jitter: float = 0.02
+    accounts: int = 1  # home i holds a login of account i % accounts
 
     def __post_init__(self) -> None:
         if self.sessions < 1 or self.homes < 1:
             raise ValueError("a world needs at least one session and one home")
+        if not 1 <= self.accounts <= self.homes:
+            raise ValueError("accounts must be between 1 and the number of homes")
         if self.lifetime_s <= 0 or self.lifetimes <= 0 or self.step_s <= 0:
             raise ValueError("lifetime_s, lifetimes and step_s must be positive")
         if not 0 < self.window_fraction < 1 or self.latency_s < 0:
@@ -121,6 +124,20 @@ class CodexWorld:
     def homes(self) -> list[Path]:
         return [self.root / "codex" / f"home{i}" for i in range(self.config.homes)]
 
+    def account_of(self, home_index: int) -> str:
+        if self.config.accounts == 1:
+            return ACCOUNT_ID
+        return f"{ACCOUNT_ID}-{home_index % self.config.accounts}"
+
+    def _log_in(self, server: OAuthServer, homes: Sequence[Path], at: float) -> None:
+        """One login per account, saved in each of its homes as Codex saves it."""
+        logins: dict[str, Mapping[str, Any]] = {}
+        for i, home in enumerate(homes):
+            account = self.account_of(i)
+            if account not in logins:
+                logins[account] = server.issue_login(at, account_id=account, user_id=USER_ID)
+            CodexStore(home).save(_login_saver(logins[account], at))
+
     def run(self) -> CodexWorldResult:
         started = time.monotonic()
         cfg = self.config
@@ -139,13 +156,17 @@ class CodexWorld:
         with server:
             agent = self._agent(server, homes) if cfg.agent else None
             try:
+                login_at = self.clock.now()
+                if cfg.accounts > 1:
+                    # The user logged in to each account before credsync started: it sorts
+                    # the homes by account when it starts.
+                    self._log_in(server, homes, login_at)
                 if agent is not None:
                     agent.start()
                     agent.wait_started()
-                login_at = self.clock.now()
-                tokens = server.issue_login(login_at, account_id=ACCOUNT_ID, user_id=USER_ID)
-                for home in homes:
-                    CodexStore(home).save(lambda _: login_document(tokens, login_at))
+                if cfg.accounts == 1:
+                    login_at = self.clock.now()
+                    self._log_in(server, homes, login_at)
                 sessions = self._sessions(homes, server)
                 self._drive(sessions, stop, login_at + cfg.lifetimes * cfg.lifetime_s, errors)
             finally:
@@ -161,13 +182,16 @@ class CodexWorld:
         return AgentRun(self.root, [], self.config.refresh_settings(server.url), codex=codex)
 
     def _sessions(self, homes: Sequence[Path], server: OAuthServer) -> list[CodexSession]:
-        def relogin(now: float) -> Mapping[str, Any]:
-            return server.issue_login(now, account_id=ACCOUNT_ID, user_id=USER_ID)
+        def relogin_as(account: str) -> Callable[[float], Mapping[str, Any]]:
+            def relogin(now: float) -> Mapping[str, Any]:
+                return server.issue_login(now, account_id=account, user_id=USER_ID)
+            return relogin
 
         cfg = self.config
         return [CodexSession(homes[i % len(homes)], server.url, clock=self.clock,
                              check=server.check_access,
-                             relogin=relogin if cfg.relogin else None,
+                             relogin=relogin_as(self.account_of(i % len(homes)))
+                             if cfg.relogin else None,
                              window_s=cfg.window_s, http_timeout_s=5.0,
                              name=f"c{i}@{homes[i % len(homes)].name}")
                 for i in range(cfg.sessions)]
@@ -196,6 +220,11 @@ class CodexWorld:
             session_requests=total("requests"), adoptions=total("adoptions"),
             unauthorized=total("unauthorized"), logins=stats.logins, wall_s=wall_s,
             errors=tuple(errors))
+
+
+def _login_saver(tokens: Mapping[str, Any], at: float
+                 ) -> Callable[[Mapping[str, Any] | None], dict[str, Any]]:
+    return lambda _: login_document(tokens, at)
 
 
 def run_codex_world(config: CodexWorldConfig, parent: Path | None = None) -> CodexWorldResult:

@@ -33,7 +33,6 @@ from typing import Any
 
 from agent.clock import Clock, SystemClock
 from agent.fsutil import atomic_write
-from agent.ledger import scope_dir
 from agent.sim.server import OAuthServer, RequestRecord
 from agent.sim.session import CREDENTIALS_FILE, SimSession
 
@@ -203,9 +202,18 @@ class AgentRun:
                 stderr=subprocess.STDOUT)
 
     def rounds(self) -> int:
+        """Rounds done by the lane that has done the fewest (an agent has a scope per login:
+        a Codex account each)."""
         try:
-            path = scope_dir(self.state_dir) / "agent.json"
-            value = json.loads(path.read_text()).get("rounds", 0)
+            scopes = [p for p in (self.state_dir / "logins").iterdir() if p.is_dir()]
+        except OSError:
+            scopes = []
+        return min(self._rounds(d) for d in scopes) if scopes else self._rounds(self.state_dir)
+
+    @staticmethod
+    def _rounds(scope: Path) -> int:
+        try:
+            value = json.loads((scope / "agent.json").read_text()).get("rounds", 0)
         except (OSError, ValueError, AttributeError):
             return 0
         return value if isinstance(value, int) else 0
