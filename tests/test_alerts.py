@@ -410,3 +410,17 @@ def test_cluster_offline_one_normal_notice_when_due_one_critical_before_the_cli_
     assert restored.observe(held(clock, later, expires, due)) == []
     for notice in first + second + notices:
         assert not any(t in notice.title + notice.body for t in TOKENS)
+
+
+def test_a_codex_alert_names_the_codex_homes_of_its_account() -> None:
+    from agent.notify.alerts import CODEX
+
+    clock = FakeClock()
+    policy = AlertPolicy(NotifySection.model_validate({}), clock, CODEX)
+    [notice] = policy.observe(rejected(clock, dirs=["/home/u/work/.codex"]))
+    assert notice.title == "Codex needs a new login: run codex login"
+    assert "Affected Codex homes: /home/u/work/.codex." in notice.body
+    assert AlertPolicy(NotifySection.model_validate({}), clock, CODEX).observe(healthy()) == []
+    nameless = AlertPolicy(NotifySection.model_validate({}), clock, CODEX).observe(
+        rejected(clock, dirs=[]))
+    assert "Affected Codex homes: the configured Codex homes." in nameless[0].body

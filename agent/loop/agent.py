@@ -110,8 +110,8 @@ class Agent:
         # Where an event read while a refresh waits goes: this agent alone, or, when several
         # providers share one loop (agent.loop.lanes), every one of them.
         self.dispatch: Callable[[object], None] = self.handle
-        self.config_dirs = {s.name: str(s.config_dir) for s in self.stores
-                            if s.config_dir is not None}
+        self.config_dirs = {s.name: str(s.session_dir) for s in self.stores
+                            if s.session_dir is not None}
         self.rounds = 0
         self.stopping: str | None = None
         self._dirty = False

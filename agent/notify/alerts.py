@@ -67,10 +67,12 @@ class Product:
     login: str  # "Claude login"
     command: str  # the one command that logs in again
     fix: str  # the sentence that says how
+    dirs: str = "config dirs"  # what the dirs whose sessions use the login are called
 
 
 CLAUDE = Product("Claude Code", "Claude login", "claude auth login", FIX)
-CODEX = Product("Codex", "Codex login", "codex login", "run `codex login` (in any terminal)")
+CODEX = Product("Codex", "Codex login", "codex login", "run `codex login` (in any terminal)",
+                "Codex homes")
 CLI_WINDOW_S = 300.0  # the CLI refreshes when less than this is left
 CRITICAL_LEAD_S = 1800.0  # the critical cluster notice comes this long before that window
 
@@ -243,7 +245,7 @@ class AlertPolicy:
             return []
         title = f"{self.product.name} sessions restored"
         body = (f"A new {self.product.login} is in place; credsync keeps it in step across "
-                f"{_dirs_text(ep.dirs)}. Nothing more to do. "
+                f"{_dirs_text(ep.dirs, self.product)}. Nothing more to do. "
                 f"(A new login had been needed since {_when(ep.since)}.)")
         return [Notice("restored", title, body, "normal", tuple(ep.dirs), now)]
 
@@ -259,7 +261,8 @@ class AlertPolicy:
         left = _duration(ends - now)
         title = (f"{self.product.name} login ends in {left}: renew it with "
                  f"{self.product.command}")
-        body = (f"The {self.product.login} used by {_dirs_text(obs.affected_dirs)} cannot be "
+        used_by = _dirs_text(obs.affected_dirs, self.product)
+        body = (f"The {self.product.login} used by {used_by} cannot be "
                 f"renewed after {_when(ends)} (in {left}). To renew it before then, "
                 f"{self.product.fix}.")
         return [Notice("refresh-token-expiring", title, body, "normal",
@@ -355,7 +358,7 @@ def _relogin_text(ep: _Episode, now: float, product: Product, *,
     body = (f"{cause}: credsync cannot renew the {product.login} any more. To fix it, "
             f"{product.fix}; "
             f"credsync then copies the new login everywhere.\n"
-            f"Affected config dirs: {_dirs_text(ep.dirs)}.\n"
+            f"Affected {product.dirs}: {_dirs_text(ep.dirs, product)}.\n"
             f"Since {_when(ep.since)}" + (f" ({_duration(now - ep.since)} ago)."
                                           if now - ep.since >= 60 else "."))
     return title, body
@@ -367,8 +370,8 @@ def _clean_reason(reason: str) -> str:
     return " ".join(redact(reason).split())[:MAX_REASON_CHARS]
 
 
-def _dirs_text(dirs: Sequence[str]) -> str:
-    return ", ".join(dirs) if dirs else "the configured config dirs"
+def _dirs_text(dirs: Sequence[str], product: Product) -> str:
+    return ", ".join(dirs) if dirs else f"the configured {product.dirs}"
 
 
 def _when(ts: float) -> str:

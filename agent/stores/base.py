@@ -36,6 +36,12 @@ class Store:
     poll_s: float | None = None
 
     @property
+    def session_dir(self) -> Path | None:
+        """The dir whose sessions use this store's login (alerts name it): the config dir,
+        or a Codex home."""
+        return self.config_dir
+
+    @property
     def is_source(self) -> bool:
         """May its credential win the freshness contest?"""
         return self.role is not Role.OUTPUT

@@ -37,6 +37,10 @@ class CodexAutoStore(Store):
         self.poll_s = keyring.poll_s
 
     @property
+    def session_dir(self) -> Path:
+        return self.file.home
+
+    @property
     def watch_path(self) -> Path:
         return self.file.path
 

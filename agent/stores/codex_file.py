@@ -75,6 +75,10 @@ class CodexFileStore(Store):
         self.refusals = RefusalLog(self.name)
 
     @property
+    def session_dir(self) -> Path:
+        return self.home
+
+    @property
     def watch_path(self) -> Path:
         return self.path
 

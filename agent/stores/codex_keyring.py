@@ -116,6 +116,10 @@ class CodexKeyringStore(Store):
                 return Reading(ReadState.ERROR, detail=str(exc)), None
         return finish
 
+    @property
+    def session_dir(self) -> Path:
+        return self.home
+
     def read_document(self) -> Document:
         return self.start_document()()
 
