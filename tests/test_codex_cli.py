@@ -10,6 +10,7 @@ import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -207,3 +208,33 @@ def test_a_due_login_of_the_second_account_is_refreshed_in_its_homes_only(
     assert login(homes[0]) == a and login(homes[2]) == a  # the other account's homes untouched
     stats = server.stats()
     assert stats.token_requests == 1 and stats.invalid_grants == 0
+
+
+def test_a_home_that_changes_account_under_a_running_agent_asks_for_a_restart(
+        tmp_path: Path, server: OAuthServer) -> None:
+    from tests.agentproc import AgentProcess, wait_for
+
+    homes, config = setup_two_accounts(tmp_path, server)
+    agent = AgentProcess(config, env(tmp_path))
+    try:
+        def status() -> dict[str, Any]:
+            out = credsync(["status", "--json", "--config", str(config)], env=env(tmp_path))
+            return dict(json.loads(out.stdout))
+
+        wait_for(lambda: all(a["agent"] == "running"
+                             for a in status()["extra"]["codex_accounts"]),
+                 20, "both accounts' lanes running", interval_s=0.3)
+        third = server.issue_login(account_id="acct-c")  # `codex login` to a third account
+        (homes[2] / "auth.json").write_text(json.dumps(login_document(third, 0), indent=2))
+        wait_for(lambda: "another Codex account" in agent.output(), 10,
+                 "the agent to say the home changed account", interval_s=0.2)
+        shown = credsync(["status", "--config", str(config)], env=env(tmp_path)).stdout
+        assert "agent       running" in shown, shown
+        assert "a Codex home has changed account since the agent started: restart it" in shown
+        doctor = credsync(["doctor", "--config", str(config)], env=env(tmp_path)).stdout
+        assert any(line.startswith("warn") and "codex accounts" in line
+                   for line in doctor.splitlines()), doctor
+        assert json.loads((homes[2] / "auth.json").read_text())["tokens"]["account_id"] == \
+            "acct-c"  # the agent never wrote acct-a's login over it
+    finally:
+        agent.stop()

@@ -217,6 +217,8 @@ def _codex(value: dict[str, Any], now: float, named: bool = False) -> str:
     return text + f" ({len(homes)} home{'s' if len(homes) != 1 else ''})"
 
 
+RESORT_STEP = ("a Codex home has changed account since the agent started: restart it "
+               "(`credsync run`, or the login item) so that it keeps each account's homes")
 _CODEX_NEXT_STEP = {
     "none": "no Codex login in any home: log in with `codex login`",
     "expired": "the Codex login has expired: run `credsync token --codex`, or start the agent",
@@ -241,6 +243,8 @@ def summary_steps(status: Status) -> list[str]:
                 f" (homes {', '.join(homes)})"
         if codex_step:
             steps.append(codex_step)
+    if any(codex.get("resort") for codex in accounts):
+        steps.append(RESORT_STEP)
     steps += _agent_steps(status)
     refresh = _dict(status, "refresh") or {}
     if refresh.get("state") in ("retrying", "offline"):

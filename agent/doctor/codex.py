@@ -11,7 +11,7 @@ from typing import Any
 
 from agent.cli.status import Status
 from agent.cli.statustext import clean, codex_accounts, from_iso, when
-from agent.doctor.model import Check, fail, ok
+from agent.doctor.model import Check, fail, ok, warn
 
 __all__ = ["CODEX_LOGIN", "codex_environment_check", "codex_login_check", "is_codex"]
 
@@ -32,7 +32,12 @@ def is_codex(kind: str) -> bool:
 def codex_login_check(status: Status) -> list[Check]:
     """A line per Codex account (one, unless the homes hold logins of several)."""
     accounts = codex_accounts(status)
-    return [_login_check(codex, status.now, len(accounts) > 1) for codex in accounts]
+    checks = [_login_check(codex, status.now, len(accounts) > 1) for codex in accounts]
+    if any(codex.get("resort") for codex in accounts):
+        checks.append(warn("codex accounts", "a Codex home has changed account since the "
+                           "agent started; its homes are sorted by account at start",
+                           "restart the agent (`credsync run`, or the login item)"))
+    return checks
 
 
 def _login_check(codex: Mapping[str, Any], now: float, named: bool) -> Check:

@@ -296,6 +296,19 @@ def _account_of_home(accounts: list[CodexAccount], env: Mapping[str, str]) -> Co
     return accounts[0]
 
 
+def _codex_agent_elsewhere(settings: Settings) -> int | None:
+    """The pid of an agent running another Codex scope of this state dir, if one does."""
+    from agent.locks.filelock import InstanceLock
+
+    ledger = codex_ledger_of(settings)
+    mine = ledger.path
+    for scope in sorted(mine.parent.glob(f"{ledger.provider}-*")):
+        pid = InstanceLock(scope).holder() if scope != mine and scope.is_dir() else None
+        if pid is not None:
+            return pid
+    return None
+
+
 def codex_ledger_of(settings: Settings) -> Ledger:
     """The ledger of the Codex login these settings keep (a scope of its own)."""
     return Ledger(Path(settings.agent.state_dir), settings.codex.homes, provider="codex")
@@ -313,11 +326,17 @@ def codex_coordinator(settings: Settings, clock: Clock, repair_garbage: bool = F
     from agent.codex.tokens import lifetime_s, same_identity
     from agent.loop.build import LazyBackend
 
+    told: set[str] = set()
+
     def foreign(cred: Credential) -> str | None:
         if identity is None or same_identity(identity, cred):
             return None
-        return ("it holds a login of another Codex account than credsync keeps here; restart "
-                "credsync to keep it (it sorts the homes by account when it starts)")
+        why = ("it holds a login of another Codex account than credsync keeps here; restart "
+               "credsync to keep it (it sorts the homes by account when it starts)")
+        if cred.fingerprint not in told:  # once per login, not once per round
+            told.add(cred.fingerprint)
+            log.warning("Codex login %s: %s", cred.fingerprint, why)
+        return why
 
     keychain = backend if backend is not None else LazyBackend()
     stores = codex_stores(settings.codex.homes, keychain, settings.codex.keychain)
@@ -550,6 +569,11 @@ def codex_status(account: CodexAccount, config_path: Path, status: Status, clock
         refresh = refresh_status(settings, coord, codex, clock.now())
     best = codex.best
     status.stores.extend(codex.stores)
+    resort = None if codex.running else _codex_agent_elsewhere(settings)
+    if resort is not None:
+        # An agent runs, with the homes sorted as they were when it started: this account's
+        # scope is new since (a `codex login` to another account). It is running all the same.
+        codex.running, codex.pid, codex.agent_state = True, resort, "running"
     if not settings.claude.config_dirs and first:
         # Only Codex lanes run: whether the agent runs is the first one's scope's to say.
         status.running, status.pid, status.agent_state = \
@@ -559,6 +583,8 @@ def codex_status(account: CodexAccount, config_path: Path, status: Status, clock
         "expires_at": iso(best.expires_at) if best else None,
         "reason": codex.extra.get("login", {}).get("reason", ""), "refresh": refresh,
         "agent": codex.agent_state, "homes": [str(h) for h in settings.codex.homes]}
+    if resort is not None:
+        out["resort"] = True
     alert = load_active_alert(codex_ledger_of(settings), settings.notify, clock, CODEX)
     if alert is not None:
         out["alert"] = {"title": alert.title, "since": iso(alert.since)}
