@@ -13,8 +13,9 @@ without and with credsync. Goal with credsync: 0 forced re-logins, 0 reused refr
 refused first turns and the time from the wake to a live token in every dir are reported.
 
 The "codex" case (``agent.sim.codex_world``): simulated Codex CLI sessions in several homes
-sharing one login (Codex takes no lock around a refresh), without and with credsync. Goal with
-credsync: 0 reused refresh tokens, 0 forced re-logins, 1.00 token requests per rotation.
+sharing one login (Codex takes no lock around a refresh), without and with credsync; then again
+with the homes on two accounts. Goal with credsync: 0 reused refresh tokens, 0 forced
+re-logins, 1.00 token requests per rotation.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class SessionsConfig:
     codex_homes: int = 3
     codex_lifetimes: float = 4.0
     codex_lifetime_s: float = 8.0
+    codex_accounts: int = 2  # a second run with the homes on this many accounts (1: none)
 
     def worlds(self) -> list[WorldConfig]:
         return [WorldConfig(sessions=self.sessions, dirs=self.dirs, lifetimes=self.lifetimes,
@@ -86,7 +88,8 @@ def wake_rows(result: kit.Result, run: WakeResult) -> None:
 
 def codex_rows(result: kit.Result, run: CodexWorldResult) -> None:
     judged = run.agent
-    label = f"{run.label} ({run.sessions} sessions, {run.homes} homes)"
+    accounts = f", {run.accounts} accounts" if run.accounts > 1 else ""
+    label = f"{run.label} ({run.sessions} sessions, {run.homes} homes{accounts})"
     for figure, value in (("reused refresh tokens", run.reused),
                           ("forced re-logins", run.forced_relogins)):
         result.row(label, figure, str(value), "0" if judged else "",
@@ -104,15 +107,18 @@ def codex_rows(result: kit.Result, run: CodexWorldResult) -> None:
 def run_codex(result: kit.Result, cfg: SessionsConfig,
               progress: Callable[[str], None] | None) -> list[CodexWorldResult]:
     out = []
-    for agent in (False, True):
-        world = CodexWorldConfig(sessions=cfg.codex_sessions, homes=cfg.codex_homes,
-                                 lifetimes=cfg.codex_lifetimes,
-                                 lifetime_s=cfg.codex_lifetime_s, agent=agent)
-        if progress is not None:
-            progress(f"sessions: {world.label}: {world.sessions} sessions, {world.homes} "
-                     f"homes, {world.lifetimes:g} lifetimes of {world.lifetime_s:g} s")
-        out.append(run_codex_world(world))
-        codex_rows(result, out[-1])
+    for accounts in sorted({1, cfg.codex_accounts}):
+        for agent in (False, True):
+            world = CodexWorldConfig(sessions=cfg.codex_sessions, homes=cfg.codex_homes,
+                                     lifetimes=cfg.codex_lifetimes,
+                                     lifetime_s=cfg.codex_lifetime_s, agent=agent,
+                                     accounts=accounts)
+            if progress is not None:
+                progress(f"sessions: {world.label}: {world.sessions} sessions, {world.homes} "
+                         f"homes, {accounts} account(s), {world.lifetimes:g} lifetimes of "
+                         f"{world.lifetime_s:g} s")
+            out.append(run_codex_world(world))
+            codex_rows(result, out[-1])
     return out
 
 

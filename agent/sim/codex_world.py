@@ -102,6 +102,7 @@ class CodexWorldResult:
     unauthorized: int  # API calls with a dead access token
     logins: int  # the first login plus every re-login
     wall_s: float
+    accounts: int = 1
     errors: tuple[str, ...] = ()
 
     @property
@@ -219,7 +220,7 @@ class CodexWorld:
             rotations=stats.rotations, revoked_families=stats.revoked_families,
             session_requests=total("requests"), adoptions=total("adoptions"),
             unauthorized=total("unauthorized"), logins=stats.logins, wall_s=wall_s,
-            errors=tuple(errors))
+            accounts=cfg.accounts, errors=tuple(errors))
 
 
 def _login_saver(tokens: Mapping[str, Any], at: float
