@@ -188,6 +188,17 @@ def test_a_non_rotating_server_returns_no_refresh_token(clock: FakeClock) -> Non
             assert "refresh_token" not in answer.json()
 
 
+def test_a_server_that_revokes_old_access_tokens_at_rotation(clock: FakeClock) -> None:
+    with OAuthServer(clock=clock, revoke_old_access=True) as strict, \
+            OAuthServer(clock=clock) as lenient:
+        for server, old_still_works in ((strict, False), (lenient, True)):
+            login = server.issue_login()
+            answer = claude_refresh(server, login["refreshToken"])
+            assert answer.status == 200
+            assert server.check_access(answer.json()["access_token"])
+            assert server.check_access(login["accessToken"]) is old_still_works
+
+
 # -- request styles and client authentication ---------------------------------------------
 
 def test_oauth2_style_with_http_basic(clock: FakeClock) -> None:

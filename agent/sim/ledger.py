@@ -59,8 +59,12 @@ def _lifetime_number(seconds: float) -> float:
 
 class Ledger:
     def __init__(self, access_lifetime_s: float, refresh_lifetime_s: float | None,
-                 rotate: bool = True, access_factory: AccessFactory | None = None) -> None:
+                 rotate: bool = True, access_factory: AccessFactory | None = None,
+                 revoke_old_access: bool = False) -> None:
         self.access_lifetime_s = access_lifetime_s
+        # A rotation also ends every older access token of the family (a server may do so:
+        # the multi-machine note's T8); a session still on one is answered 401 at once.
+        self.revoke_old_access = revoke_old_access
         self.refresh_lifetime_s = refresh_lifetime_s
         self.rotate = rotate
         self.access_factory = access_factory
@@ -91,6 +95,10 @@ class Ledger:
         if not self.rotate:
             return self._issue(record.family, now, refresh_token=refresh_token)
         record.used = True
+        if self.revoke_old_access:
+            for token, (family_no, expires_at) in list(self._access.items()):
+                if family_no == record.family:
+                    self._access[token] = (family_no, min(expires_at, now))
         return self._issue(record.family, now, refresh_token=None)
 
     def access_valid(self, access_token: str, now: float) -> bool:

@@ -170,6 +170,7 @@ class OAuthServer:
         clock: Clock | None = None,
         port: int = 0,
         style: Style = "claude",
+        revoke_old_access: bool = False,
     ) -> None:
         self.style: Style = style
         self.client_id = client_id or (CODEX_CLIENT_ID if style == "codex" else CLAUDE_CLIENT_ID)
@@ -181,7 +182,8 @@ class OAuthServer:
         self._port = port
         self._lock = threading.Lock()
         self._ledger = Ledger(access_lifetime_s, refresh_lifetime_s, rotate,
-                              self._codex_access if style == "codex" else None)
+                              self._codex_access if style == "codex" else None,
+                              revoke_old_access)
         self._stats = ServerStats()
         self._log: list[RequestRecord] = []
         self._stopping = threading.Event()
@@ -301,6 +303,10 @@ class OAuthServer:
         if grant.refresh_token_expires_in is not None:
             oauth["refreshTokenExpiresAt"] = _ms(at + grant.refresh_token_expires_in)
         return oauth
+
+    @property
+    def revokes_old_access(self) -> bool:
+        return self._ledger.revoke_old_access
 
     def check_access(self, access_token: str, now: float | None = None) -> bool:
         """Would an API call with this access token succeed now (else the API answers 401)?"""
