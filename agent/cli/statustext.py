@@ -185,7 +185,7 @@ def summary_lines(status: Status) -> list[str]:
     alert = _dict(status, "alert")
     if alert is not None:
         rows.append(("alert", _alert(alert, status.now)))
-    accounts = codex_accounts(status)
+    accounts = codex_sections(status)
     for codex in accounts:
         rows.append(("codex", _codex(codex, status.now, len(accounts) > 1)))
         if codex.get("alert"):
@@ -193,7 +193,7 @@ def summary_lines(status: Status) -> list[str]:
     return [f"{label:<{LABEL_WIDTH}} {value}" for label, value in rows]
 
 
-def codex_accounts(status: Status) -> list[dict[str, Any]]:
+def codex_sections(status: Status) -> list[dict[str, Any]]:
     """The Codex side, an entry per account (homes of two accounts are kept apart)."""
     several = status.extra.get("codex_accounts")
     if isinstance(several, list) and all(isinstance(v, dict) for v in several) and several:
@@ -233,7 +233,7 @@ def summary_steps(status: Status) -> list[str]:
     login = _LOGIN_NEXT_STEP.get(status.login_state)
     if login:
         steps.append(login)
-    accounts = codex_accounts(status)
+    accounts = codex_sections(status)
     for codex in accounts:
         codex_step = _CODEX_NEXT_STEP.get(str(codex.get("login")))
         homes = [clean(h) for h in codex.get("homes") or []]

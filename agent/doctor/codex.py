@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.cli.status import Status
-from agent.cli.statustext import clean, codex_accounts, from_iso, when
+from agent.cli.statustext import clean, codex_sections, from_iso, when
 from agent.doctor.model import Check, fail, ok, warn
 
 __all__ = ["CODEX_LOGIN", "codex_environment_check", "codex_login_check", "is_codex"]
@@ -31,7 +31,7 @@ def is_codex(kind: str) -> bool:
 
 def codex_login_check(status: Status) -> list[Check]:
     """A line per Codex account (one, unless the homes hold logins of several)."""
-    accounts = codex_accounts(status)
+    accounts = codex_sections(status)
     checks = [_login_check(codex, status.now, len(accounts) > 1) for codex in accounts]
     if any(codex.get("resort") for codex in accounts):
         checks.append(warn("codex accounts", "a Codex home has changed account since the "

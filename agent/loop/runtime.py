@@ -253,8 +253,7 @@ class CodexAccount(NamedTuple):
     identity: Credential | None = None
 
 
-def codex_accounts(settings: Settings, backend: KeychainBackend | None = None
-                   ) -> list[CodexAccount]:
+def codex_accounts(settings: Settings) -> list[CodexAccount]:
     """Each Codex account's homes (``agent.codex.groups``), the first home's account first;
     just ``settings`` when its homes hold one account's login or none."""
     from agent.codex.groups import group_homes
@@ -264,7 +263,7 @@ def codex_accounts(settings: Settings, backend: KeychainBackend | None = None
     homes = list(settings.codex.homes)
     if len(homes) < 2:
         return [CodexAccount(settings)]
-    keychain = backend if backend is not None else LazyBackend()
+    keychain = LazyBackend()
     held: list[tuple[Path, Credential | None]] = []
     for home in homes:
         try:
@@ -302,11 +301,8 @@ def _codex_agent_elsewhere(settings: Settings) -> int | None:
 
     ledger = codex_ledger_of(settings)
     mine = ledger.path
-    for scope in sorted(mine.parent.glob(f"{ledger.provider}-*")):
-        pid = InstanceLock(scope).holder() if scope != mine and scope.is_dir() else None
-        if pid is not None:
-            return pid
-    return None
+    others = (d for d in sorted(mine.parent.glob(f"{ledger.provider}-*")) if d != mine)
+    return next((pid for d in others if (pid := InstanceLock(d).holder()) is not None), None)
 
 
 def codex_ledger_of(settings: Settings) -> Ledger:
@@ -449,7 +445,7 @@ def codex_token(settings: Settings, env: Mapping[str, str] | None = None) -> str
     if not settings.codex.enabled:
         raise RefreshError("no Codex home is kept: set [codex] homes in the config file (or "
                            "CODEX_HOME)")
-    # The very scope (ledger, journal, lock) of the running agent's lane for that account.
+    # The scope (last good copy, records, alert) of the running agent's lane for that account.
     account = _account_of_home(codex_accounts(settings), os.environ if env is None else env)
     with codex_coordinator(account.settings, SystemClock(), identity=account.identity) as coord:
         _prepare_ledger(coord)
